@@ -1,0 +1,147 @@
+"""Walks an input and an output state together and lists every mismatch."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._errors import CASTABLE_KINDS, Mismatch
+from ._signature import LeafSignature, NotALeafError
+
+_tree = jax.tree_util
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The outcome of comparing two states.
+
+    `castable` maps leaf indices (in flattening order, only when both trees
+    have one structure) to the input signature each should be cast back to.
+    `uncastable` lists the mismatches no cast can fix.
+    """
+
+    mismatches: tuple[Mismatch, ...]
+    castable: tuple[tuple[int, LeafSignature], ...] = ()
+    uncastable: tuple[Mismatch, ...] = ()
+
+
+OK = Verdict(())
+
+
+def _signature(leaf: Any, path: str) -> LeafSignature:
+    try:
+        return LeafSignature.of(leaf)
+    except NotALeafError as error:
+        raise TypeError(
+            f"state leaf {path} is {error}: state leaves must be arrays or Python "
+            "scalars (bool, int, float, complex). Keep other values out of the "
+            "state, or mark them static (`equinox.field(static=True)`, "
+            "`flax.struct.field(pytree_node=False)`)."
+        ) from None
+
+
+def _uncastable_dtype(dtype: np.dtype) -> bool:
+    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jax.dtypes.float0
+
+
+def compare_leaves(path: str, a: Any, b: Any, weak_type: bool) -> list[Mismatch]:
+    """Every mismatch between input leaf `a` and output leaf `b`."""
+    sa, sb = _signature(a, path), _signature(b, path)
+    if sa == sb:
+        return []
+    if (sa.python_scalar is None) != (sb.python_scalar is None):
+        return [Mismatch(path, "structure", str(sa), str(sb))]
+    found = []
+    if sa.shape != sb.shape:
+        found.append(Mismatch(path, "shape", str(sa), str(sb)))
+    if sa.dtype != sb.dtype:
+        found.append(Mismatch(path, "dtype", str(sa), str(sb)))
+    if weak_type and sa.weak_type != sb.weak_type:
+        found.append(Mismatch(path, "weak_type", str(sa), str(sb)))
+    if sa.sharding != sb.sharding:
+        found.append(Mismatch(path, "sharding", str(sa), str(sb)))
+    return found
+
+
+def _is_castable(a: Any, b: Any, found: list[Mismatch]) -> bool:
+    if not all(m.kind in CASTABLE_KINDS for m in found):
+        return False
+    sa, sb = LeafSignature.of(a), LeafSignature.of(b)
+    return not (_uncastable_dtype(sa.dtype) or _uncastable_dtype(sb.dtype))
+
+
+def _describe(node: Any, path: str) -> str:
+    if node is None:
+        return "None"
+    if _is_leaf(node):
+        return str(_signature(node, path))
+    children, _ = _one_level(node)
+    kind = type(node)
+    if kind is dict:
+        return f"dict with keys {sorted(map(str, (k.key for k in _keys(node))))}"
+    if kind in (tuple, list):
+        return f"{kind.__name__} of {len(children)}"
+    fields = ", ".join(key.lstrip(".") for key in children)
+    return f"{kind.__qualname__}({fields})"
+
+
+def _keys(node: Any) -> list[Any]:
+    entries, _ = _tree.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    return [path[0] for path, _ in entries]
+
+
+def _is_leaf(node: Any) -> bool:
+    return node is not None and _tree.treedef_is_leaf(_tree.tree_structure(node))
+
+
+def _one_level(node: Any) -> tuple[dict[str, Any], Any]:
+    """The node's children by keypath string, and its one-level treedef."""
+    entries, treedef = _tree.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    return {_tree.keystr(path): child for path, child in entries}, treedef
+
+
+def _compare_flat(a: Any, b: Any, root: str, weak_type: bool, found: list[Mismatch]) -> None:
+    entries, _ = _tree.tree_flatten_with_path(a)
+    for (path, leaf_a), leaf_b in zip(entries, _tree.tree_leaves(b)):
+        found.extend(compare_leaves(root + _tree.keystr(path), leaf_a, leaf_b, weak_type))
+
+
+def _walk(a: Any, b: Any, path: str, weak_type: bool, found: list[Mismatch]) -> None:
+    if _tree.tree_structure(a) == _tree.tree_structure(b):
+        _compare_flat(a, b, path, weak_type, found)
+        return
+    if a is None or b is None or _is_leaf(a) or _is_leaf(b):
+        found.append(Mismatch(path, "structure", _describe(a, path), _describe(b, path)))
+        return
+    children_a, level_a = _one_level(a)
+    children_b, level_b = _one_level(b)
+    if level_a != level_b:
+        found.append(Mismatch(path, "structure", _describe(a, path), _describe(b, path)))
+    for key, child in children_a.items():
+        if key in children_b:
+            _walk(child, children_b[key], path + key, weak_type, found)
+
+
+def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = True) -> Verdict:
+    """Compares two states leaf by leaf; paths start at `root`."""
+    found: list[Mismatch] = []
+    leaves_in, tree_in = _tree.tree_flatten(state_in)
+    leaves_out, tree_out = _tree.tree_flatten(state_out)
+    if tree_in != tree_out:
+        _walk(state_in, state_out, root, weak_type, found)
+        return Verdict(tuple(found), (), tuple(found))
+    entries, _ = _tree.tree_flatten_with_path(state_in)
+    castable, uncastable = [], []
+    for index, ((path, a), b) in enumerate(zip(entries, leaves_out)):
+        leaf_found = compare_leaves(root + _tree.keystr(path), a, b, weak_type)
+        if not leaf_found:
+            continue
+        found.extend(leaf_found)
+        if _is_castable(a, b, leaf_found):
+            castable.append((index, LeafSignature.of(a)))
+        else:
+            uncastable.extend(leaf_found)
+    return Verdict(tuple(found), tuple(castable), tuple(uncastable))

@@ -1,0 +1,66 @@
+"""The one place that touches private or version-dependent JAX APIs.
+
+Supported: jax 0.4.38 up to the newest release. `tests/test_compat.py` fails
+loudly if JAX moves anything used here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from jax._src.lax import lax as _lax_internal
+
+Tracer = jax.core.Tracer
+
+if hasattr(jax, "typeof"):
+    get_aval = jax.typeof
+else:  # jax < 0.6
+    get_aval = jax.core.get_aval
+
+
+def convert_element_type(x: Any, dtype: np.dtype, weak_type: bool) -> Any:
+    """Casts `x` to `dtype` with the given weak_type: one `convert_element_type`.
+
+    `jnp.astype` and `lax.convert_element_type` always return strong types;
+    only this private function can restore a weak one.
+    """
+    return _lax_internal._convert_element_type(x, dtype, weak_type=weak_type)
+
+
+def explicit_sharding(aval: Any) -> Any:
+    """The aval's `PartitionSpec` where its mesh has an Explicit axis, else None."""
+    sharding = getattr(aval, "sharding", None)
+    if sharding is None:
+        return None
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or not getattr(mesh, "_any_axis_explicit", False):
+        return None
+    spec = tuple(sharding.spec)
+    padding = (None,) * (len(aval.shape) - len(spec))
+    return jax.sharding.PartitionSpec(*spec, *padding)
+
+
+def x64_enabled() -> bool:
+    return bool(jax.config.jax_enable_x64)
+
+
+@contextlib.contextmanager
+def enable_x64(enabled: bool = True) -> Iterator[None]:
+    """Turns x64 on or off within the block only, restoring the caller's setting."""
+    if hasattr(jax, "enable_x64"):
+        with jax.enable_x64(enabled):
+            yield
+    else:  # jax < 0.7
+        from jax.experimental import disable_x64, enable_x64 as _enable
+
+        with _enable() if enabled else disable_x64():
+            yield
+
+
+def jit_cache_size(jitted: Any) -> int:
+    """How many times a `jax.jit`-wrapped function has compiled."""
+    return jitted._cache_size()

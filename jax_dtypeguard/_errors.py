@@ -1,0 +1,138 @@
+"""What a drift report is made of, and how it reads."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal
+
+Kind = Literal["structure", "shape", "dtype", "weak_type", "sharding", "annotation"]
+CASTABLE_KINDS = frozenset({"dtype", "weak_type"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """Where a dtype or weak_type drift was introduced.
+
+    **Attributes:**
+
+    - `primitive`: the JAX primitive whose result first departs from the
+      input leaf's type (`add`, `convert_element_type`, ...).
+    - `file`, `line`, `function`: the user source location JAX recorded for it.
+    - `argument`: the name of the function argument the drifting value came
+      from, when it came from one other than the state.
+    """
+
+    primitive: str
+    file: str | None = None
+    line: int | None = None
+    function: str | None = None
+    argument: str | None = None
+
+    def __str__(self) -> str:
+        text = f"first at {self.primitive}"
+        if self.file is not None:
+            text += f", {self.file}:{self.line}"
+            if self.function:
+                text += f" in {self.function}"
+        if self.argument is not None:
+            text += f", from argument '{self.argument}'"
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """One way in which one leaf of a state drifted.
+
+    **Attributes:**
+
+    - `path`: the leaf's JAX keypath, rooted at the state's name
+      (`opt_state[0].mu`).
+    - `kind`: `"structure"`, `"shape"`, `"dtype"`, `"weak_type"`,
+      `"sharding"` or `"annotation"`.
+    - `expected`: the input state's type at that path (or the annotation).
+    - `got`: the output's type at that path (or what was found).
+    - `origin`: where a dtype/weak_type drift was introduced, or `None`.
+    """
+
+    path: str
+    kind: Kind
+    expected: str
+    got: str
+    origin: Origin | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.expected} -> {self.got}"
+        if self.origin is not None:
+            text += f"  ({self.origin})"
+        return text
+
+
+class StateDtypeError(TypeError):
+    """A state's structure, shape, dtype or weak_type changed through a step.
+
+    `.mismatches` lists every drifting leaf; `.function` names the step.
+    """
+
+    def __init__(self, message: str, mismatches: Sequence[Mismatch] = (), function: str = ""):
+        super().__init__(message)
+        self.mismatches: list[Mismatch] = list(mismatches)
+        self.function = function
+
+
+class StateDtypeWarning(UserWarning):
+    """Warn mode's report of a drifting state (same text as the error)."""
+
+
+StateDtypeError.__module__ = "jax_dtypeguard"
+StateDtypeWarning.__module__ = "jax_dtypeguard"
+Mismatch.__module__ = "jax_dtypeguard"
+Origin.__module__ = "jax_dtypeguard"
+
+
+def _hint(mismatches: Sequence[Mismatch], mode: str) -> str:
+    kinds = {m.kind for m in mismatches}
+    parts = []
+    if kinds & CASTABLE_KINDS:
+        parts.append(
+            'decorate with mode="cast" to cast dtype/weak_type drift back to the '
+            "input state's types, or keep the step's arithmetic in the state's "
+            "dtype (e.g. `x.astype(state.dtype)`)"
+        )
+    if "structure" in kinds:
+        parts.append(
+            "return the same tree as the input state (same containers and keys, "
+            "a leaf wherever the input has one: no `None` for `0`, no array for a "
+            "Python scalar)"
+        )
+    if "shape" in kinds:
+        parts.append("keep each leaf's shape")
+    if "sharding" in kinds:
+        parts.append("reshard the leaf back with `jax.sharding.reshard`")
+    if "annotation" in kinds:
+        parts.append("pass and return values that match the function's annotations")
+    prefix = "casting cannot fix these: " if mode == "cast" else ""
+    return f"Hint: {prefix}{'; '.join(parts)}."
+
+
+def format_report(
+    function: str, location: str, state_name: str, mismatches: Sequence[Mismatch], mode: str
+) -> str:
+    """The text of a `StateDtypeError` or `StateDtypeWarning`."""
+    paths = [m.path for m in mismatches]
+    count = f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"
+    if all(m.kind == "annotation" for m in mismatches):
+        header = f"{function} ({location}) does not match its annotations ({count}):"
+    else:
+        header = (
+            f"{function} ({location}) changed the type of its state "
+            f"'{state_name}' ({count}):"
+        )
+    lines = [header]
+    for m in mismatches:
+        line = f"  {m}"
+        if paths.count(m.path) > 1 or m.kind in ("structure", "annotation", "sharding"):
+            line += f"  [{m.kind}]"
+        lines.append(line)
+    lines.append(_hint(mismatches, mode))
+    return "\n".join(lines)

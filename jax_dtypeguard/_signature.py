@@ -1,0 +1,92 @@
+"""One description of a state leaf's type: shape, dtype, weak_type, sharding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from ._compat import Tracer, explicit_sharding, get_aval
+
+_PYTHON_SCALARS = (bool, int, float, complex)
+# Types seen to carry a JAX aval in `.aval` (arrays and tracers), learnt lazily.
+_AVAL_TYPES: set[type] = set()
+
+
+class NotALeafError(TypeError):
+    """Internal: a state leaf that JAX cannot type (a string, an object)."""
+
+
+class LeafSignature(NamedTuple):
+    """The type of one state leaf, as JAX sees it.
+
+    `python_scalar` is the Python type's name (`"int"`, `"float"`, ...) for a
+    Python scalar leaf, `None` for an array. `sharding` is the
+    `PartitionSpec` under a mesh with Explicit axes, else `None`.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    weak_type: bool
+    sharding: Any = None
+    python_scalar: str | None = None
+
+    @classmethod
+    def of(cls, leaf: Any) -> LeafSignature:
+        """The signature of `leaf`; raises `NotALeafError` for non-array leaves."""
+        if isinstance(leaf, _PYTHON_SCALARS) and not isinstance(leaf, np.generic):
+            kind = next(t for t in _PYTHON_SCALARS if isinstance(leaf, t))
+            dtype = jax.dtypes.canonicalize_dtype(kind)
+            return cls((), np.dtype(dtype), kind is not bool, None, kind.__name__)
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return cls(
+                tuple(leaf.shape),
+                leaf.dtype,
+                bool(getattr(leaf, "weak_type", False)),
+                explicit_sharding(leaf),
+            )
+        if isinstance(leaf, (jax.Array, Tracer)):
+            aval = leaf.aval
+        elif isinstance(leaf, (np.ndarray, np.generic)):
+            try:
+                aval = get_aval(leaf)
+            except TypeError as error:
+                raise NotALeafError(
+                    f"a NumPy array of dtype {leaf.dtype}, which JAX cannot hold"
+                ) from error
+        else:
+            raise NotALeafError(f"a {type(leaf).__module__}.{type(leaf).__qualname__}")
+        return cls(
+            tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval)
+        )
+
+    def __str__(self) -> str:
+        text = f"{self.dtype}[{','.join(map(str, self.shape))}]"
+        if self.weak_type:
+            text = "weak " + text
+        if self.sharding is not None:
+            text += f" sharded {self.sharding}"
+        if self.python_scalar is not None:
+            text += f" (Python {self.python_scalar})"
+        return text
+
+
+def _slow_key(leaf: Any) -> Any:
+    if isinstance(leaf, (jax.Array, Tracer)) and hasattr(leaf, "aval"):
+        _AVAL_TYPES.add(type(leaf))
+        return leaf.aval
+    if isinstance(leaf, _PYTHON_SCALARS) and not isinstance(leaf, np.generic):
+        return type(leaf)
+    return LeafSignature.of(leaf)
+
+
+def leaf_keys(leaves: Sequence[Any]) -> tuple[Any, ...]:
+    """Cheap hashable stand-ins for the leaves' signatures.
+
+    Equal keys mean equal signatures; unequal keys are settled by comparing
+    `LeafSignature`s. This is the eager fast path and the cache key.
+    """
+    aval_types = _AVAL_TYPES
+    return tuple([x.aval if type(x) in aval_types else _slow_key(x) for x in leaves])

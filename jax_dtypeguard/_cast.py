@@ -15,7 +15,9 @@ _PYTHON_TYPES = {"bool": bool, "int": int, "float": float, "complex": complex}
 
 def _cast_leaf(leaf: Any, target: LeafSignature) -> Any:
     if target.python_scalar is not None:
-        value = leaf.real if isinstance(leaf, complex) and target.python_scalar != "complex" else leaf
+        value = (
+            leaf.real if isinstance(leaf, complex) and target.python_scalar != "complex" else leaf
+        )
         return _PYTHON_TYPES[target.python_scalar](value)
     return convert_element_type(leaf, target.dtype, target.weak_type)
 

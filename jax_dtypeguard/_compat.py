@@ -55,7 +55,8 @@ def enable_x64(enabled: bool = True) -> Iterator[None]:
         with jax.enable_x64(enabled):
             yield
     else:  # jax < 0.7
-        from jax.experimental import disable_x64, enable_x64 as _enable
+        from jax.experimental import disable_x64
+        from jax.experimental import enable_x64 as _enable
 
         with _enable() if enabled else disable_x64():
             yield

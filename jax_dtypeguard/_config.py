@@ -34,17 +34,13 @@ def validate_mode(value: object, what: str = "mode") -> str:
             f"{type(value).__name__} {value!r}."
         )
     if value not in MODES:
-        raise ValueError(
-            f"{what} must be one of {', '.join(map(repr, MODES))}; got {value!r}."
-        )
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, MODES))}; got {value!r}.")
     return value
 
 
 def _validate_strict(value: object) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(
-            f"strict must be True or False; got {type(value).__name__} {value!r}."
-        )
+        raise TypeError(f"strict must be True or False; got {type(value).__name__} {value!r}.")
     return value
 
 

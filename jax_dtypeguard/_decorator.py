@@ -124,7 +124,9 @@ class StateParameter:
         return False, None
 
 
-def _validate(mode: object, weak_type: object, annotations: object, out: object, state: object) -> None:
+def _validate(
+    mode: object, weak_type: object, annotations: object, out: object, state: object
+) -> None:
     if mode is not None:
         _config.validate_mode(mode)
     for name, value in (("weak_type", weak_type), ("annotations", annotations)):
@@ -136,9 +138,7 @@ def _validate(mode: object, weak_type: object, annotations: object, out: object,
             f"(the state's index in a returned tuple); got {out!r}."
         )
     if state is not None and (isinstance(state, bool) or not isinstance(state, (int, str))):
-        raise TypeError(
-            f"state must be a parameter's name (str) or position (int); got {state!r}."
-        )
+        raise TypeError(f"state must be a parameter's name (str) or position (int); got {state!r}.")
 
 
 class _Guard:
@@ -147,7 +147,7 @@ class _Guard:
     def __init__(
         self,
         fn: Callable[..., Any],
-        state: int | str | None | StateParameter,
+        state: int | str | StateParameter | None,
         out: int | None,
         mode: str | None,
         weak_type: bool,
@@ -158,7 +158,9 @@ class _Guard:
         self.out = out
         self.mode = mode
         self.weak_type = weak_type
-        self.annotations = _annotations.checker_for(fn, self.parameter.name) if annotations else None
+        self.annotations = (
+            _annotations.checker_for(fn, self.parameter.name) if annotations else None
+        )
         self.cache: dict[Any, Verdict] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -215,7 +217,9 @@ class _Guard:
             return type(result)(*items)
         return type(result)(items)
 
-    def _verdict(self, leaves_in: list[Any], tree_in: Any, state_out: Any, weak_type: bool) -> Verdict:
+    def _verdict(
+        self, leaves_in: list[Any], tree_in: Any, state_out: Any, weak_type: bool
+    ) -> Verdict:
         leaves_out, tree_out = _tree.tree_flatten(state_out)
         try:
             keys = (leaf_keys(leaves_in), leaf_keys(leaves_out))
@@ -242,7 +246,9 @@ class _Guard:
                 pass
         return verdict
 
-    def _report(self, mismatches: list[Mismatch], mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _report(
+        self, mismatches: list[Mismatch], mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         from ._provenance import explain
 
         mismatches = explain(self.fn, self.parameter, self.out, args, kwargs, mismatches)

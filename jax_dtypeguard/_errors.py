@@ -124,10 +124,7 @@ def format_report(
     if all(m.kind == "annotation" for m in mismatches):
         header = f"{function} ({location}) does not match its annotations ({count}):"
     else:
-        header = (
-            f"{function} ({location}) changed the type of its state "
-            f"'{state_name}' ({count}):"
-        )
+        header = f"{function} ({location}) changed the type of its state '{state_name}' ({count}):"
     lines = [header]
     for m in mismatches:
         line = f"  {m}"

@@ -34,7 +34,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    state = "on" if config.getoption("--dtypeguard-strict") else "off (per test with @pytest.mark.dtypeguard_strict)"
+    state = (
+        "on"
+        if config.getoption("--dtypeguard-strict")
+        else "off (per test with @pytest.mark.dtypeguard_strict)"
+    )
     return f"jax_dtypeguard strict mode: {state}"
 
 

@@ -58,9 +58,7 @@ class LeafSignature(NamedTuple):
                 ) from error
         else:
             raise NotALeafError(f"a {type(leaf).__module__}.{type(leaf).__qualname__}")
-        return cls(
-            tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval)
-        )
+        return cls(tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval))
 
     def __str__(self) -> str:
         text = f"{self.dtype}[{','.join(map(str, self.shape))}]"

@@ -28,7 +28,9 @@ class _Operands(StateParameter):
         return True, args[0] if len(args) == 1 else args
 
 
-def _guard(fn: Callable[..., Any], state: StateParameter, mode: str, out: int | None = None) -> Callable[..., Any]:
+def _guard(
+    fn: Callable[..., Any], state: StateParameter, mode: str, out: int | None = None
+) -> Callable[..., Any]:
     validate_mode(mode)
     if not callable(fn):
         raise TypeError(f"expected a function, got {type(fn).__name__} {fn!r}.")
@@ -36,7 +38,13 @@ def _guard(fn: Callable[..., Any], state: StateParameter, mode: str, out: int | 
     return guard.__call__
 
 
-def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any, *, mode: str = "cast") -> Any:
+def while_loop(
+    cond_fun: Callable[[Any], Any],
+    body_fun: Callable[[Any], Any],
+    init_val: Any,
+    *,
+    mode: str = "cast",
+) -> Any:
     """`jax.lax.while_loop` whose `body_fun` keeps `init_val`'s types.
 
     !!! Example
@@ -52,7 +60,15 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
     return jax.lax.while_loop(cond_fun, body, init_val)
 
 
-def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Any, Any], Any], init_val: Any, *, unroll: int | bool | None = None, mode: str = "cast") -> Any:
+def fori_loop(
+    lower: Any,
+    upper: Any,
+    body_fun: Callable[[Any, Any], Any],
+    init_val: Any,
+    *,
+    unroll: int | bool | None = None,
+    mode: str = "cast",
+) -> Any:
     """`jax.lax.fori_loop` whose `body_fun(i, val)` keeps `init_val`'s types."""
     body = _guard(body_fun, StateParameter.at(body_fun, 1, "carry"), mode)
     return jax.lax.fori_loop(lower, upper, body, init_val, unroll=unroll)
@@ -74,7 +90,13 @@ def scan(
     return jax.lax.scan(body, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
 
 
-def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any], *operands: Any, mode: str = "cast") -> Any:
+def cond(
+    pred: Any,
+    true_fun: Callable[..., Any],
+    false_fun: Callable[..., Any],
+    *operands: Any,
+    mode: str = "cast",
+) -> Any:
     """`jax.lax.cond` whose branches return their operands' types.
 
     The state is the one operand, or the tuple of operands; branches that
@@ -84,7 +106,9 @@ def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any],
     return jax.lax.cond(pred, *branches, *operands)
 
 
-def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any, mode: str = "cast") -> Any:
+def switch(
+    index: Any, branches: Sequence[Callable[..., Any]], *operands: Any, mode: str = "cast"
+) -> Any:
     """`jax.lax.switch` whose branches return their operands' types."""
     guarded = [_guard(fn, _Operands(), mode) for fn in branches]
     return jax.lax.switch(index, guarded, *operands)

@@ -123,8 +123,7 @@ class Case:
         for field in ("fn", "make_state", "make_args"):
             if not callable(getattr(self, field)):
                 raise TypeError(
-                    f"Case {self.name!r}: {field} must be callable; got "
-                    f"{getattr(self, field)!r}."
+                    f"Case {self.name!r}: {field} must be callable; got {getattr(self, field)!r}."
                 )
 
     def run(self, dtype: str, *, weak_type: bool = True) -> list[Mismatch]:
@@ -162,8 +161,7 @@ def _check_dtype(name: str) -> np.dtype:
         return np.dtype(getattr(jax.numpy, name)) if hasattr(jax.numpy, name) else np.dtype(name)
     except TypeError:
         raise ValueError(
-            f"unknown dtype {name!r}; use a JAX dtype name such as "
-            f"{', '.join(DTYPES)}."
+            f"unknown dtype {name!r}; use a JAX dtype name such as {', '.join(DTYPES)}."
         ) from None
 
 

@@ -128,7 +128,7 @@ def _walk(a: Any, b: Any, path: str, weak_type: bool, found: list[Mismatch]) -> 
 def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = True) -> Verdict:
     """Compares two states leaf by leaf; paths start at `root`."""
     found: list[Mismatch] = []
-    leaves_in, tree_in = _tree.tree_flatten(state_in)
+    tree_in = _tree.tree_structure(state_in)
     leaves_out, tree_out = _tree.tree_flatten(state_out)
     if tree_in != tree_out:
         _walk(state_in, state_out, root, weak_type, found)

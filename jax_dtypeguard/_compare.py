@@ -94,7 +94,8 @@ def _keys(node: Any) -> list[Any]:
 
 
 def _is_leaf(node: Any) -> bool:
-    return node is not None and _tree.treedef_is_leaf(_tree.tree_structure(node))
+    treedef = _tree.tree_structure(node)
+    return treedef.num_nodes == 1 and treedef.num_leaves == 1
 
 
 def _one_level(node: Any) -> tuple[dict[str, Any], Any]:

@@ -124,6 +124,12 @@ class StateParameter:
         return False, None
 
 
+def _a_value_of(value: Any) -> str:
+    if isinstance(value, (jax.Array, jax.core.Tracer)):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
 def _validate(
     mode: object, weak_type: object, annotations: object, out: object, state: object
 ) -> None:
@@ -195,7 +201,7 @@ class _Guard:
         name = describe_location(self.fn)[0]
         if not isinstance(result, (tuple, list)):
             raise TypeError(
-                f"{name} returned a {type(result).__name__}, but out={self.out} "
+                f"{name} returned {_a_value_of(result)}, but out={self.out} "
                 "expects a tuple or list holding the new state; use out=None if "
                 "the function returns the state itself."
             )
@@ -255,7 +261,7 @@ class _Guard:
         name, location = describe_location(self.fn)
         message = format_report(name, location, self.parameter.name, mismatches, mode)
         if mode == "warn":
-            warnings.warn(StateDtypeWarning(message), stacklevel=3)
+            warnings.warn(StateDtypeWarning(message), stacklevel=4)
             return
         raise StateDtypeError(message, mismatches, name)
 

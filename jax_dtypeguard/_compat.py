@@ -7,6 +7,7 @@ loudly if JAX moves anything used here.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,13 +23,22 @@ else:  # jax < 0.6
     get_aval = jax.core.get_aval
 
 
+_CAST_OPTIONS = (
+    {"warn_on_complex_to_real_cast": False}
+    if "warn_on_complex_to_real_cast"
+    in inspect.signature(_lax_internal._convert_element_type).parameters
+    else {}
+)
+
+
 def convert_element_type(x: Any, dtype: np.dtype, weak_type: bool) -> Any:
     """Casts `x` to `dtype` with the given weak_type: one `convert_element_type`.
 
     `jnp.astype` and `lax.convert_element_type` always return strong types;
-    only this private function can restore a weak one.
+    only this private function can restore a weak one. A cast back from
+    complex to real is the user's request (cast mode), so it does not warn.
     """
-    return _lax_internal._convert_element_type(x, dtype, weak_type=weak_type)
+    return _lax_internal._convert_element_type(x, dtype, weak_type=weak_type, **_CAST_OPTIONS)
 
 
 def explicit_sharding(aval: Any) -> Any:

@@ -133,7 +133,8 @@ def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = T
     leaves_out, tree_out = _tree.tree_flatten(state_out)
     if tree_in != tree_out:
         _walk(state_in, state_out, root, weak_type, found)
-        return Verdict(tuple(found), (), tuple(found))
+        unfixable = tuple(m for m in found if m.kind not in CASTABLE_KINDS)
+        return Verdict(tuple(found), (), unfixable)
     entries, _ = _tree.tree_flatten_with_path(state_in)
     castable, uncastable = [], []
     for index, ((path, a), b) in enumerate(zip(entries, leaves_out)):

@@ -169,8 +169,12 @@ class _Guard:
         )
         self.cache: dict[Any, Verdict] = {}
 
+    def settings(self) -> tuple[str, bool]:
+        """The (mode, weak_type) of this call: the configuration applied to the declared ones."""
+        return _config.effective(self.mode, self.weak_type)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        mode, weak_type = _config.effective(self.mode, self.weak_type)
+        mode, weak_type = self.settings()
         if mode == "off":
             return self.fn(*args, **kwargs)
         found, state_in = self.parameter.find(args, kwargs)

@@ -1,7 +1,8 @@
 """Settings: global defaults (`config.update`, environment) and scoped overrides.
 
 Scoped overrides (`strict()`, `mode(...)`) live in context variables, so
-threads and asyncio tasks never see each other's scopes.
+threads and asyncio tasks never see each other's scopes. This module imports
+nothing from JAX: the pytest plugin uses it without starting JAX.
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 Mode = Literal["check", "cast", "warn", "off"]
 MODES: tuple[str, ...] = ("check", "cast", "warn", "off")
 
+MODE_VARIABLE = "JAX_DTYPEGUARD_MODE"
+STRICT_VARIABLE = "JAX_DTYPEGUARD_STRICT"
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+_FALSE = ("0", "false", "no", "off")
+
+_T = TypeVar("_T")
 
 _mode_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "jax_dtypeguard_mode", default=None
@@ -26,51 +31,63 @@ _strict_override: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
 )
 
 
+def _allowed_modes() -> str:
+    return ", ".join(map(repr, MODES))
+
+
 def validate_mode(value: object, what: str = "mode") -> str:
     """Returns `value` if it names a mode, else raises a clear error."""
     if not isinstance(value, str):
         raise TypeError(
-            f"{what} must be one of {', '.join(map(repr, MODES))}; got "
-            f"{type(value).__name__} {value!r}."
+            f"{what} must be one of {_allowed_modes()}; got {type(value).__name__} {value!r}."
         )
     if value not in MODES:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, MODES))}; got {value!r}.")
+        raise ValueError(f"{what} must be one of {_allowed_modes()}; got {value!r}.")
     return value
 
 
-def _validate_strict(value: object) -> bool:
+def _validate_strict(value: object, what: str = "strict") -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"strict must be True or False; got {type(value).__name__} {value!r}.")
+        raise TypeError(f"{what} must be True or False; got {type(value).__name__} {value!r}.")
     return value
 
 
 def _mode_from_env() -> str:
-    value = os.environ.get("JAX_DTYPEGUARD_MODE", "check").strip().lower() or "check"
+    raw = os.environ.get(MODE_VARIABLE)
+    if raw is None or not raw.strip():
+        return "check"
+    value = raw.strip().lower()
     if value not in MODES:
         raise ValueError(
-            f"Environment variable JAX_DTYPEGUARD_MODE={value!r} is not a mode; "
-            f"allowed values: {', '.join(MODES)}."
+            f"Environment variable {MODE_VARIABLE}={raw!r} is not a jax_dtypeguard mode; "
+            f"allowed values: {', '.join(MODES)} (or unset for the default, check)."
         )
     return value
 
 
 def _strict_from_env() -> bool:
-    value = os.environ.get("JAX_DTYPEGUARD_STRICT", "").strip().lower()
+    raw = os.environ.get(STRICT_VARIABLE)
+    if raw is None or not raw.strip():
+        return False
+    value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
     raise ValueError(
-        f"Environment variable JAX_DTYPEGUARD_STRICT={value!r} is not a boolean; "
-        f"allowed values: {', '.join(v for v in _TRUE + _FALSE if v)} "
-        "(or unset)."
+        f"Environment variable {STRICT_VARIABLE}={raw!r} is not a boolean; allowed values: "
+        f"{', '.join(_TRUE)} to turn strict mode on, {', '.join(_FALSE)} (or unset) "
+        "to leave it off."
     )
 
 
 class Config:
     """Library-wide settings. Read them as attributes, change them with `update`.
 
-    Attributes report the effective value, scoped context managers included.
+    `mode` and `strict` report the effective value, scoped context managers
+    (`jax_dtypeguard.mode`, `jax_dtypeguard.strict`) included. Their global
+    defaults come from the environment variables `JAX_DTYPEGUARD_MODE` and
+    `JAX_DTYPEGUARD_STRICT`, read when `jax_dtypeguard` is imported.
 
     !!! Example
         ```python
@@ -82,34 +99,74 @@ class Config:
         ```
     """
 
+    __slots__ = ("_mode", "_strict")
+
     def __init__(self) -> None:
-        self._mode = _mode_from_env()
-        self._strict = _strict_from_env()
+        object.__setattr__(self, "_mode", _mode_from_env())
+        object.__setattr__(self, "_strict", _strict_from_env())
 
     @property
     def mode(self) -> str:
-        """The default mode of every guard declared without one."""
+        """The mode of every guard declared without one: `"check"` unless configured."""
         override = _mode_override.get()
         return self._mode if override is None else override
 
     @property
     def strict(self) -> bool:
-        """Whether every guard behaves as `mode="check", weak_type=True`."""
+        """Whether every guard behaves as `mode="check", weak_type=True` (except `"off"`)."""
         override = _strict_override.get()
         return self._strict if override is None else override
 
-    def update(self, *, mode: str | None = None, strict: bool | None = None) -> None:
-        """Sets the global defaults (context managers still take precedence).
+    def update(self, *args: Any, mode: str | None = None, strict: bool | None = None) -> None:
+        """Sets the global defaults; the context managers still take precedence in their scope.
+
+        Also accepts JAX's positional form, `update("mode", "cast")`.
 
         **Arguments:**
 
         - `mode`: `"check"`, `"cast"`, `"warn"` or `"off"`.
         - `strict`: `True` or `False`.
+
+        **Raises:**
+
+        `TypeError` / `ValueError` for an unknown setting or value; nothing is
+        changed then.
+
+        !!! Example
+            ```python
+            import jax_dtypeguard as dg
+
+            dg.config.update(strict=True)
+            assert dg.config.strict
+            dg.config.update(strict=False)
+            ```
         """
-        if mode is not None:
-            self._mode = validate_mode(mode)
-        if strict is not None:
-            self._strict = _validate_strict(strict)
+        if args:
+            if len(args) != 2 or mode is not None or strict is not None:
+                raise TypeError(
+                    "config.update takes keyword arguments (update(mode='cast', strict=True)) "
+                    f"or one (name, value) pair; got {args!r}."
+                )
+            name, value = args
+            if name == "mode":
+                mode = validate_mode(value)
+            elif name == "strict":
+                strict = _validate_strict(value)
+            else:
+                raise ValueError(
+                    f"jax_dtypeguard has no setting {name!r}; the settings are 'mode' and 'strict'."
+                )
+        new_mode = self._mode if mode is None else validate_mode(mode)
+        new_strict = self._strict if strict is None else _validate_strict(strict)
+        object.__setattr__(self, "_mode", new_mode)
+        object.__setattr__(self, "_strict", new_strict)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(
+            f"jax_dtypeguard.config.{name} cannot be assigned; use "
+            f"jax_dtypeguard.config.update({name}=...) or a scope such as "
+            "`with jax_dtypeguard.strict():`."
+        )
 
     def __repr__(self) -> str:
         return f"Config(mode={self.mode!r}, strict={self.strict!r})"
@@ -119,11 +176,34 @@ config = Config()
 
 
 @contextlib.contextmanager
-def strict(enabled: bool = True) -> Iterator[None]:
-    """Strict mode within the block: every guard checks, weak_type included.
+def _scoped(variable: contextvars.ContextVar[_T | None], value: _T) -> Iterator[None]:
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)
 
-    Declared `mode="off"` stays off. Read at trace time: a function that JAX
-    has already compiled is not traced again, so it keeps its earlier verdict.
+
+def strict(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Strict mode within the block (or the decorated function).
+
+    Every guard then behaves as `mode="check", weak_type=True`, whatever it
+    was declared with; `mode="off"` stays off. `strict(False)` turns it off
+    within the block. Settings are read when JAX traces a function (or on an
+    eager call): a function JAX has already compiled is not traced again,
+    so it keeps the verdict of its first trace.
+
+    **Arguments:**
+
+    - `enabled`: `True` (default) or `False`.
+
+    **Returns:**
+
+    A context manager, also usable as a decorator.
+
+    **Raises:**
+
+    `TypeError` if `enabled` is not a bool.
 
     !!! Example
         ```python
@@ -131,18 +211,29 @@ def strict(enabled: bool = True) -> Iterator[None]:
 
         with dg.strict():
             assert dg.config.strict
+        assert not dg.config.strict
         ```
     """
-    token = _strict_override.set(_validate_strict(enabled))
-    try:
-        yield
-    finally:
-        _strict_override.reset(token)
+    return _scoped(_strict_override, _validate_strict(enabled, "strict(enabled)"))
 
 
-@contextlib.contextmanager
-def mode(name: str) -> Iterator[None]:
-    """Sets the default mode within the block (`"check"`, `"cast"`, `"warn"`, `"off"`).
+def mode(name: str) -> contextlib.AbstractContextManager[None]:
+    """The default mode within the block (or the decorated function).
+
+    Guards declared with an explicit `mode` keep theirs; strict mode still
+    takes precedence.
+
+    **Arguments:**
+
+    - `name`: `"check"`, `"cast"`, `"warn"` or `"off"`.
+
+    **Returns:**
+
+    A context manager, also usable as a decorator.
+
+    **Raises:**
+
+    `TypeError` / `ValueError` for anything but a mode name.
 
     !!! Example
         ```python
@@ -152,15 +243,15 @@ def mode(name: str) -> Iterator[None]:
             assert dg.config.mode == "warn"
         ```
     """
-    token = _mode_override.set(validate_mode(name))
-    try:
-        yield
-    finally:
-        _mode_override.reset(token)
+    return _scoped(_mode_override, validate_mode(name))
 
 
 def effective(declared_mode: str | None, declared_weak_type: bool) -> tuple[str, bool]:
-    """The (mode, weak_type) a guard uses now, strict mode and scopes applied."""
+    """The (mode, weak_type) a guard uses now, strict mode and scopes applied.
+
+    `"off"`, declared or configured, stays off; otherwise strict mode means
+    `("check", True)`.
+    """
     resolved = config.mode if declared_mode is None else declared_mode
     if resolved == "off":
         return "off", declared_weak_type

@@ -1,56 +1,84 @@
 """pytest plugin: `--dtypeguard-strict` and `@pytest.mark.dtypeguard_strict`.
 
-Registered through the `pytest11` entry point. It imports JAX only when a
-test asks for strict mode, so installing the library costs other test
-suites nothing.
+Registered through the `pytest11` entry point. It imports JAX only for tests
+that need it (strict mode, or a `parametrize_dtypes` sweep), so installing
+the library costs other test suites nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 
-_MARKER = "dtypeguard_strict"
+_OPTION = "--dtypeguard-strict"
+_STRICT_MARKER = "dtypeguard_strict"
+_X64_MARKER = "dtypeguard_x64"  # = jax_dtypeguard.testing.X64_MARKER, set by parametrize_dtypes
+_PREVIOUS_STRICT = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("jax_dtypeguard")
     group.addoption(
-        "--dtypeguard-strict",
+        _OPTION,
         action="store_true",
         default=False,
         help="Run every test in jax_dtypeguard strict mode: each guard checks "
-        "(weak_type included), whatever mode it was declared with.",
+        "(weak_type included), whatever mode it was declared with; mode='off' stays off.",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption(_OPTION):
+        # Session-wide, so session/module fixtures and collection are strict too.
+        from ._config import config as settings
+
+        config.stash[_PREVIOUS_STRICT] = settings._strict
+        settings.update(strict=True)
     config.addinivalue_line(
         "markers",
-        f"{_MARKER}: run this test in jax_dtypeguard strict mode "
-        "(every guard checks, weak_type included).",
+        f"{_STRICT_MARKER}(enabled=True): run this test in jax_dtypeguard strict mode "
+        "(every guard checks, weak_type included); dtypeguard_strict(False) opts a test "
+        f"out of {_OPTION}.",
     )
+    config.addinivalue_line(
+        "markers",
+        f"{_X64_MARKER}(dtype): set by jax_dtypeguard.testing.parametrize_dtypes: "
+        "x64 on for a 64-bit dtype, off otherwise, fixtures included.",
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.stash.get(_PREVIOUS_STRICT, None)
+    if previous is not None:
+        from ._config import config as settings
+
+        settings.update(strict=previous)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    state = (
-        "on"
-        if config.getoption("--dtypeguard-strict")
-        else "off (per test with @pytest.mark.dtypeguard_strict)"
-    )
-    return f"jax_dtypeguard strict mode: {state}"
+    if config.getoption(_OPTION):
+        return f"jax_dtypeguard strict mode: on ({_OPTION})"
+    return f"jax_dtypeguard strict mode: off (per test: @pytest.mark.{_STRICT_MARKER})"
 
 
 @pytest.fixture(autouse=True)
-def _dtypeguard_strict(request: pytest.FixtureRequest) -> Iterator[None]:
-    wanted = request.config.getoption("--dtypeguard-strict") or (
-        request.node.get_closest_marker(_MARKER) is not None
-    )
-    if not wanted:
+def _dtypeguard_scope(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The marker's strict mode and a sweep's x64 setting, around the test and its fixtures."""
+    # --dtypeguard-strict is set session-wide in pytest_configure; the marker is per test.
+    strict = request.node.get_closest_marker(_STRICT_MARKER)
+    x64 = request.node.get_closest_marker(_X64_MARKER)
+    if strict is None and x64 is None:
         yield
         return
-    from ._config import strict
+    with contextlib.ExitStack() as scopes:
+        if strict is not None:
+            from ._config import strict as strict_scope
 
-    with strict():
+            scopes.enter_context(strict_scope(*strict.args, **strict.kwargs))
+        if x64 is not None:
+            from .testing import x64_for
+
+            scopes.enter_context(x64_for(*x64.args))
         yield

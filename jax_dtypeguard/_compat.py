@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax._src import source_info_util as _source_info
 from jax._src.lax import lax as _lax_internal
 
 Tracer = jax.core.Tracer
@@ -75,3 +76,19 @@ def enable_x64(enabled: bool = True) -> Iterator[None]:
 def jit_cache_size(jitted: Any) -> int:
     """How many times a `jax.jit`-wrapped function has compiled."""
     return jitted._cache_size()
+
+
+# Source locations of jaxpr equations: older JAX's `user_frames` takes the
+# equation's `SourceInfo`, newer its `.traceback`.
+_USER_FRAMES_TAKE_TRACEBACK = "traceback" in inspect.signature(_source_info.user_frames).parameters
+
+
+def user_frames(source_info: Any) -> Iterator[tuple[str, int, str]]:
+    """`(file, line, function)` of each non-JAX frame recorded for an equation, innermost first."""
+    if source_info is None:
+        return iter(())
+    if _USER_FRAMES_TAKE_TRACEBACK:
+        frames = _source_info.user_frames(source_info.traceback)
+    else:  # jax < 0.5
+        frames = _source_info.user_frames(source_info)
+    return ((f.file_name, f.start_line, f.function_name) for f in frames)

@@ -1,12 +1,16 @@
 """Drop-in `jax.lax` loops and branches whose bodies keep the carry's types.
 
 Each form takes the same arguments as its `jax.lax` namesake plus a keyword
-`mode` (default `"cast"`): the body or branches are guarded with
-`state_dtype_invariant`, the carry (or operands) being the state.
+`mode` (default `"cast"`): the body or branches are guarded like functions
+decorated with `state_dtype_invariant`, the carry (or the operands) being the
+state.
 """
 
 from __future__ import annotations
 
+import inspect
+import types
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,25 +21,130 @@ from ._decorator import StateParameter, _Guard
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
 
+_EMPTY = inspect.Parameter.empty
+_NO_OPERAND = object()
+
+
+def _parameter_name(fn: Callable[..., Any], position: int, fallback: str) -> str:
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return fallback
+    if position < len(parameters) and parameters[position].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return parameters[position].name
+    return fallback
+
+
+class _Carry(StateParameter):
+    """The state of a loop body: its positional argument `position`."""
+
+    def __init__(self, name: str, position: int) -> None:
+        self.name, self.position, self.keyword, self.default = name, position, None, _EMPTY
+
 
 class _Operands(StateParameter):
     """The state of a branch: its one operand, or the tuple of its operands."""
 
-    def __init__(self) -> None:
-        self.name = "operands"
+    def __init__(self, name: str, count: int) -> None:
+        self.name, self.count = name, count
+        self.position, self.keyword, self.default = None, None, _EMPTY
 
     def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
-        return True, args[0] if len(args) == 1 else args
+        return True, args[0] if self.count == 1 else tuple(args)
+
+
+class _WeakGuard(_Guard):
+    """A guard that holds its function weakly, so that caching it keeps nothing alive."""
+
+    @property  # type: ignore[override]
+    def fn(self) -> Callable[..., Any]:
+        return self._fn_ref()
+
+    @fn.setter
+    def fn(self, value: Callable[..., Any]) -> None:
+        self._fn_ref = weakref.ref(value)
+
+
+class _Guarded:
+    """What JAX receives: calls the guard, and unwraps to the user's function.
+
+    JAX caches traced bodies by the identity of the function it is given; one
+    `_Guarded` per (function, kind of state, mode) keeps those caches warm
+    across calls, so an eager loop is not traced and compiled again each time.
+    """
+
+    def __init__(self, guard: _Guard, fn: Callable[..., Any]) -> None:
+        self._guard = guard
+        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+            value = getattr(fn, attribute, None)
+            if isinstance(value, str):
+                setattr(self, attribute, value)
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:
+        return self._guard.fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guard(*args, **kwargs)
+
+
+# id(fn) -> (weak reference to fn, {(state key, mode, out): _Guarded}); an entry
+# leaves when its function is collected.
+_CACHE: dict[int, tuple[weakref.ref[Any], dict[tuple[Any, ...], _Guarded]]] = {}
+
+
+def _forget(key: int, reference: weakref.ref[Any]) -> None:
+    entry = _CACHE.get(key)
+    if entry is not None and entry[0] is reference:
+        del _CACHE[key]
 
 
 def _guard(
-    fn: Callable[..., Any], state: StateParameter, mode: str, out: int | None = None
+    fn: Callable[..., Any],
+    role: str,
+    make_state: Callable[[Callable[..., Any]], StateParameter],
+    state_key: tuple[Any, ...],
+    mode: str,
+    out: int | None = None,
 ) -> Callable[..., Any]:
-    validate_mode(mode)
+    """`fn` guarded with `make_state(fn)` as its state: one cached wrapper per setting."""
+    if mode == "off":
+        return fn
+    key = (state_key, mode, out)
+    entry = _CACHE.get(id(fn))
+    if entry is not None and entry[0]() is fn and key in entry[1]:
+        return entry[1][key]
     if not callable(fn):
-        raise TypeError(f"expected a function, got {type(fn).__name__} {fn!r}.")
-    guard = _Guard(fn, state, out, mode, weak_type=True, annotations=True)
-    return guard.__call__
+        raise TypeError(f"{role} must be a function; got {type(fn).__name__} {fn!r:.80}.")
+    state = make_state(fn)
+    if isinstance(fn, types.MethodType):  # a new object on each attribute access
+        return _Guard(fn, state, out, mode, weak_type=True, annotations=True).__call__
+    fn_id = id(fn)
+    try:
+        reference = weakref.ref(fn, lambda ref: _forget(fn_id, ref))
+    except TypeError:  # not weakly referenceable: no caching
+        return _Guard(fn, state, out, mode, weak_type=True, annotations=True).__call__
+    guard = _WeakGuard(fn, state, out, mode, weak_type=True, annotations=True)
+    guarded = _Guarded(guard, fn)
+    if guard.annotations is not None:  # its checker holds `fn`: caching it would leak `fn`
+        return guarded
+    if entry is None or entry[0]() is not fn:
+        entry = _CACHE[fn_id] = (reference, {})
+    entry[1][key] = guarded
+    return guarded
+
+
+def _carry(position: int) -> Callable[[Callable[..., Any]], StateParameter]:
+    return lambda fn: _Carry(_parameter_name(fn, position, "carry"), position)
+
+
+def _operands(count: int) -> Callable[[Callable[..., Any]], StateParameter]:
+    if count == 1:
+        return lambda fn: _Operands(_parameter_name(fn, 0, "operand"), 1)
+    return lambda fn: _Operands("operands", count)
 
 
 def while_loop(
@@ -47,6 +156,23 @@ def while_loop(
 ) -> Any:
     """`jax.lax.while_loop` whose `body_fun` keeps `init_val`'s types.
 
+    **Arguments:**
+
+    - `cond_fun`, `body_fun`, `init_val`: as for `jax.lax.while_loop`.
+    - `mode`: what to do when `body_fun` returns a carry of another type:
+      `"cast"` casts dtype and weak_type drift back to the carry's (a weak
+      `init_val` such as `1.0` stays weak instead of being promoted by the
+      body), `"check"` raises, `"warn"` warns, `"off"` leaves it to JAX.
+
+    **Returns:**
+
+    The final carry, with `init_val`'s types.
+
+    **Raises:**
+
+    `StateDtypeError` naming `body_fun` and each drifting leaf path, on drift
+    that the mode does not repair (in cast mode: structure or shape).
+
     !!! Example
         ```python
         import jax.numpy as jnp
@@ -56,7 +182,8 @@ def while_loop(
         assert x.dtype == jnp.float16
         ```
     """
-    body = _guard(body_fun, StateParameter.at(body_fun, 0, "carry"), mode)
+    validate_mode(mode)
+    body = _guard(body_fun, "body_fun", _carry(0), ("carry", 0), mode)
     return jax.lax.while_loop(cond_fun, body, init_val)
 
 
@@ -69,8 +196,33 @@ def fori_loop(
     unroll: int | bool | None = None,
     mode: str = "cast",
 ) -> Any:
-    """`jax.lax.fori_loop` whose `body_fun(i, val)` keeps `init_val`'s types."""
-    body = _guard(body_fun, StateParameter.at(body_fun, 1, "carry"), mode)
+    """`jax.lax.fori_loop` whose `body_fun(i, val)` keeps `init_val`'s types.
+
+    **Arguments:**
+
+    - `lower`, `upper`, `body_fun`, `init_val`, `unroll`: as for
+      `jax.lax.fori_loop`.
+    - `mode`: `"cast"`, `"check"`, `"warn"` or `"off"`, as for `while_loop`.
+
+    **Returns:**
+
+    The final `val`, with `init_val`'s types.
+
+    **Raises:**
+
+    `StateDtypeError` naming `body_fun` and each drifting leaf path.
+
+    !!! Example
+        ```python
+        import jax.numpy as jnp
+        import jax_dtypeguard as dg
+
+        total = dg.lax.fori_loop(0, 3, lambda i, x: x + 0.5 * i, jnp.zeros(2, jnp.bfloat16))
+        assert total.dtype == jnp.bfloat16
+        ```
+    """
+    validate_mode(mode)
+    body = _guard(body_fun, "body_fun", _carry(1), ("carry", 1), mode)
     return jax.lax.fori_loop(lower, upper, body, init_val, unroll=unroll)
 
 
@@ -85,9 +237,50 @@ def scan(
     mode: str = "cast",
     **kwargs: Any,
 ) -> tuple[Any, Any]:
-    """`jax.lax.scan` whose `f(carry, x) -> (carry, y)` keeps `init`'s types."""
-    body = _guard(f, StateParameter.at(f, 0, "carry"), mode, out=0)
+    """`jax.lax.scan` whose `f(carry, x) -> (carry, y)` keeps `init`'s types.
+
+    Only the carry is guarded; the stacked outputs `y` are `f`'s own.
+
+    **Arguments:**
+
+    - `f`, `init`, `xs`, `length`, `reverse`, `unroll` and any further
+      keyword arguments: as for `jax.lax.scan`.
+    - `mode`: `"cast"`, `"check"`, `"warn"` or `"off"`, as for `while_loop`.
+
+    **Returns:**
+
+    `(final carry, stacked ys)`, the carry with `init`'s types.
+
+    **Raises:**
+
+    `StateDtypeError` naming `f` and each drifting leaf path.
+
+    !!! Example
+        ```python
+        import jax.numpy as jnp
+        import jax_dtypeguard as dg
+
+        def step(total, x):
+            return total + x, total
+
+        total, partial_sums = dg.lax.scan(step, jnp.float16(0), jnp.arange(4.0))
+        assert total.dtype == jnp.float16
+        ```
+    """
+    validate_mode(mode)
+    body = _guard(f, "f", _carry(0), ("carry", 0), mode, out=0)
     return jax.lax.scan(body, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
+
+
+def _collect_operands(operands: tuple[Any, ...], operand: Any) -> tuple[Any, ...]:
+    if operand is _NO_OPERAND:
+        return operands
+    if operands:
+        raise TypeError(
+            "if 'operand' keyword is passed then no positional operands can be passed, "
+            f"got operand={operand!r:.60} and positional operands {operands!r:.60}"
+        )
+    return (operand,)
 
 
 def cond(
@@ -95,20 +288,102 @@ def cond(
     true_fun: Callable[..., Any],
     false_fun: Callable[..., Any],
     *operands: Any,
+    operand: Any = _NO_OPERAND,
     mode: str = "cast",
 ) -> Any:
     """`jax.lax.cond` whose branches return their operands' types.
 
-    The state is the one operand, or the tuple of operands; branches that
-    return another type belong in `jax.lax.cond`.
+    The state is the one operand, or the tuple of operands, so each branch
+    must return that type; for branches that return something else, use
+    `jax.lax.cond`. With no operands there is no state, and the branches go
+    to `jax.lax.cond` as they are.
+
+    **Arguments:**
+
+    - `pred`, `true_fun`, `false_fun`, `*operands` (or `operand=`): as for
+      `jax.lax.cond`.
+    - `mode`: `"cast"` casts each branch's dtype and weak_type drift back
+      to the operands' types (so branches that differ only in dtype agree),
+      `"check"` raises, `"warn"` warns, `"off"` leaves it to JAX.
+
+    **Returns:**
+
+    The chosen branch's output, with the operands' types.
+
+    **Raises:**
+
+    `StateDtypeError` naming the branch and each drifting leaf path.
+
+    !!! Example
+        ```python
+        import jax.numpy as jnp
+        import jax_dtypeguard as dg
+
+        x = jnp.ones(3, jnp.bfloat16)
+        y = dg.lax.cond(True, lambda x: x * jnp.float32(2), lambda x: x, x)
+        assert y.dtype == jnp.bfloat16
+        ```
     """
-    branches = [_guard(fn, _Operands(), mode) for fn in (true_fun, false_fun)]
+    validate_mode(mode)
+    operands = _collect_operands(operands, operand)
+    if not operands:
+        return jax.lax.cond(pred, true_fun, false_fun)
+    state, key = _operands(len(operands)), ("operands", len(operands))
+    branches = [
+        _guard(fn, role, state, key, mode)
+        for role, fn in (("true_fun", true_fun), ("false_fun", false_fun))
+    ]
     return jax.lax.cond(pred, *branches, *operands)
 
 
 def switch(
-    index: Any, branches: Sequence[Callable[..., Any]], *operands: Any, mode: str = "cast"
+    index: Any,
+    branches: Sequence[Callable[..., Any]],
+    *operands: Any,
+    operand: Any = _NO_OPERAND,
+    mode: str = "cast",
 ) -> Any:
-    """`jax.lax.switch` whose branches return their operands' types."""
-    guarded = [_guard(fn, _Operands(), mode) for fn in branches]
+    """`jax.lax.switch` whose branches return their operands' types.
+
+    As for `cond`: the state is the one operand or the tuple of operands;
+    with no operands the branches go to `jax.lax.switch` as they are.
+
+    **Arguments:**
+
+    - `index`, `branches`, `*operands` (or `operand=`): as for
+      `jax.lax.switch`.
+    - `mode`: `"cast"`, `"check"`, `"warn"` or `"off"`, as for `cond`.
+
+    **Returns:**
+
+    The chosen branch's output, with the operands' types.
+
+    **Raises:**
+
+    `StateDtypeError` naming the branch and each drifting leaf path.
+
+    !!! Example
+        ```python
+        import jax.numpy as jnp
+        import jax_dtypeguard as dg
+
+        branches = [lambda x: x + 1.0, lambda x: x * jnp.float32(2)]
+        y = dg.lax.switch(1, branches, jnp.ones(2, jnp.float16))
+        assert y.dtype == jnp.float16
+        ```
+    """
+    validate_mode(mode)
+    operands = _collect_operands(operands, operand)
+    if not operands:
+        return jax.lax.switch(index, branches)
+    try:
+        branches = list(branches)
+    except TypeError:
+        raise TypeError(
+            f"branches must be a sequence of functions; got {type(branches).__name__}."
+        ) from None
+    state, key = _operands(len(operands)), ("operands", len(operands))
+    guarded = [
+        _guard(fn, f"branches[{number}]", state, key, mode) for number, fn in enumerate(branches)
+    ]
     return jax.lax.switch(index, guarded, *operands)

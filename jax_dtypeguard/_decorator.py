@@ -169,8 +169,13 @@ class _Guard:
         )
         self.cache: dict[Any, Verdict] = {}
 
+    # False: exactly the declared mode and weak_type, whatever the configuration (testing).
+    follows_config = True
+
     def settings(self) -> tuple[str, bool]:
         """The (mode, weak_type) of this call: the configuration applied to the declared ones."""
+        if not self.follows_config:
+            return self.mode or "check", self.weak_type
         return _config.effective(self.mode, self.weak_type)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -263,7 +268,9 @@ class _Guard:
 
         mismatches = explain(self.fn, self.parameter, self.out, args, kwargs, mismatches)
         name, location = describe_location(self.fn)
-        message = format_report(name, location, self.parameter.name, mismatches, mode)
+        strict = mode == "check" and self.follows_config and _config.config.strict
+        hint = "strict" if strict else mode
+        message = format_report(name, location, self.parameter.name, mismatches, hint)
         if mode == "warn":
             warnings.warn(StateDtypeWarning(message), stacklevel=4)
             return

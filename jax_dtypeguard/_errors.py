@@ -93,7 +93,13 @@ Origin.__module__ = "jax_dtypeguard"
 def _hint(mismatches: Sequence[Mismatch], mode: str) -> str:
     kinds = {m.kind for m in mismatches}
     parts = []
-    if kinds & CASTABLE_KINDS:
+    if kinds & CASTABLE_KINDS and mode == "strict":
+        parts.append(
+            "strict mode is on, so dtype/weak_type drift fails even where "
+            'mode="cast" would repair it: keep the step\'s arithmetic in the '
+            "state's dtype (e.g. `x.astype(state.dtype)`)"
+        )
+    elif kinds & CASTABLE_KINDS:
         parts.append(
             'decorate with mode="cast" to cast dtype/weak_type drift back to the '
             "input state's types, or keep the step's arithmetic in the state's "

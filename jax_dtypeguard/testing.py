@@ -54,8 +54,7 @@ CaseError.__module__ = "jax_dtypeguard.testing"
 class _Assertion(_Guard):
     """A guard that checks exactly as asked: `config` and strict mode do not apply."""
 
-    def settings(self) -> tuple[str, bool]:
-        return "check", self.weak_type
+    follows_config = False
 
 
 def _is_dynamic(leaf: Any) -> bool:

@@ -263,7 +263,7 @@ def _candidates(optax: Any) -> list[tuple[str, Any, bool]]:
     the others are tried, and kept if they return one.
     """
     found = []
-    for name in sorted(dir(optax)):
+    for name in sorted(dir(optax), key=str.lower):
         if name.startswith("_"):
             continue
         value = getattr(optax, name)

@@ -1,0 +1,450 @@
+"""`jax-dtypeguard audit`: sweep step functions over dtypes, print what drifts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from ._version import __version__
+
+PROG = "jax-dtypeguard"
+DEFAULT_DTYPES = "float16,bfloat16,float32,float64"
+_CASTABLE = ("dtype", "weak_type")
+_CELL_WIDTH = 32  # a one-mismatch cell longer than this shows a count instead
+
+
+class _UsageError(Exception):
+    """Bad usage: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, no usage block
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+_DESCRIPTION = """\
+Check that step functions keep their state's types (tree structure, shape,
+dtype, weak_type) at every dtype, by abstract evaluation (nothing is compiled
+unless --jit is given).
+
+Without a target, audits the `update` of every optimizer Optax exports, on
+params made of a matrix, a vector and a scalar (pass `optax` to name this
+target next to others)."""
+
+_EPILOG = """\
+examples:
+  jax-dtypeguard audit
+  jax-dtypeguard audit --dtypes bfloat16 --grads-dtype float32
+  jax-dtypeguard audit mypkg.cases:cases --format json --output audit.json
+
+A target module:attribute names an iterable of jax_dtypeguard.testing.Case
+(or a function returning one); the module is imported from the current
+directory or the installed packages.
+
+exit status: 0 every case holds, 1 some case drifted (or raised),
+2 bad usage (unknown target or dtype, import error, bad option)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Keep the types of JAX state pytrees stable through step functions.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    audit = commands.add_parser(
+        "audit",
+        help="sweep step functions (default: every Optax optimizer) over dtypes",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="module:attribute naming Cases, or `optax` (default: optax)",
+    )
+    audit.add_argument(
+        "--dtypes",
+        default=DEFAULT_DTYPES,
+        metavar="LIST",
+        help=f"comma-separated dtype names to sweep (default: {DEFAULT_DTYPES})",
+    )
+    audit.add_argument(
+        "--format",
+        choices=("table", "markdown", "json"),
+        default="table",
+        help="output format (default: table)",
+    )
+    audit.add_argument(
+        "--no-weak-type",
+        dest="weak_type",
+        action="store_false",
+        help="do not count a change of weak_type alone as drift",
+    )
+    audit.add_argument(
+        "--jit",
+        action="store_true",
+        help="also run each case jitted for 3 steps on real arrays and count its "
+        "compilations (more than one is drift)",
+    )
+    audit.add_argument(
+        "--cast",
+        action="store_true",
+        help='also check that mode="cast" repairs every dtype/weak_type drift found',
+    )
+    audit.add_argument(
+        "--grads-dtype",
+        metavar="DTYPE",
+        help="Optax target: gradients (and line-search values) in this dtype, for "
+        "mixed precision (default: the params' dtype)",
+    )
+    audit.add_argument(
+        "--output", metavar="FILE", help="write the report to FILE instead of stdout"
+    )
+    audit.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+# --- rendering ------------------------------------------------------------
+
+_ROOT = re.compile(r"^[A-Za-z_]\w*")
+_LEADING_INDEX = re.compile(r"^(\[\d+\])+\.?")
+_SIGNATURE = re.compile(r"^(weak )?([A-Za-z0-9_]+)\[([^\]]*)\]")
+
+
+def _short_path(path: str) -> str:
+    rest = _ROOT.sub("", path, count=1)
+    rest = _LEADING_INDEX.sub("", rest).lstrip(".")
+    return rest or path
+
+
+def _short_dtype(name: str) -> str:
+    for long, short in (("bfloat", "bf"), ("float", "f"), ("uint", "u"), ("int", "i")):
+        if name.startswith(long) and name[len(long) :].isdigit():
+            return short + name[len(long) :]
+    if name.startswith("complex") and name[7:].isdigit():
+        return "c" + name[7:]
+    return name
+
+
+def _change(kind: str, expected: str, got: str) -> str:
+    a, b = _SIGNATURE.match(expected), _SIGNATURE.match(got)
+    if a is None or b is None:
+        return ""
+    if kind == "dtype":
+        return f" {_short_dtype(a.group(2))}->{_short_dtype(b.group(2))}"
+    if kind == "weak_type":
+        return f" {'weak' if a.group(1) else 'strong'}->{'weak' if b.group(1) else 'strong'}"
+    if kind == "shape":
+        return f" [{a.group(3)}]->[{b.group(3)}]"
+    return ""
+
+
+def summary(result: Any) -> str:
+    """A table cell: `ok`, `skipped`, `error`, or what drifted in a few words."""
+    if result.status in ("skipped", "error"):
+        return result.status
+    parts = []
+    mismatches = result.mismatches
+    one = ""
+    if len(mismatches) == 1:
+        (m,) = mismatches
+        one = f"{m.kind}: {_short_path(m.path)}{_change(m.kind, m.expected, m.got)}"
+    if one and len(one) <= _CELL_WIDTH:
+        parts.append(one)
+    elif mismatches:
+        counts: dict[str, int] = {}
+        for m in mismatches:
+            counts[m.kind] = counts.get(m.kind, 0) + 1
+        parts.append(", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    if result.compiles is not None and result.compiles > 1:
+        parts.append(f"{result.compiles} compiles")
+    if result.cast_left is not None:
+        left = [m for m in result.cast_left if m.kind in _CASTABLE]
+        if not result.cast_left:
+            parts.append("cast fixes")
+        elif left:
+            parts.append(f"cast leaves {len(left)}")
+        else:
+            parts.append("cast cannot")
+    return "; ".join(parts) or "ok"
+
+
+def _rows(results: Sequence[Any], dtypes: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """Results grouped into rows of len(dtypes), in order."""
+    width = len(dtypes)
+    return [(results[i].name, list(results[i : i + width])) for i in range(0, len(results), width)]
+
+
+def _details(results: Sequence[Any], dtypes: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Per row, the dtypes that share one report, and that report's lines."""
+    blocks = []
+    for name, row in _rows(results, dtypes):
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for result in row:
+            if result.status == "ok" and not result.reason:
+                continue
+            lines = [f"{m}  [{m.kind}]" for m in result.mismatches]
+            if result.status in ("skipped", "error"):
+                lines.append(f"{result.status}: {result.reason}")
+            elif result.reason:
+                lines.append(f"note: {result.reason}")
+            if result.cast_left:
+                lines += [f"after cast: {m}  [{m.kind}]" for m in result.cast_left]
+            groups.setdefault(tuple(lines), []).append(result.dtype)
+        for lines, group in groups.items():
+            where = "all dtypes" if len(group) == len(dtypes) > 1 else ", ".join(group)
+            blocks.append((f"{name} ({where})", list(lines)))
+    return blocks
+
+
+def _totals(results: Sequence[Any], dtypes: Sequence[str]) -> str:
+    counts = {status: 0 for status in ("ok", "drift", "skipped", "error")}
+    for result in results:
+        counts[result.status] += 1
+    cases = len(results) // max(len(dtypes), 1)
+    return f"{cases} cases x {len(dtypes)} dtypes: " + ", ".join(
+        f"{n} {status}" for status, n in counts.items()
+    )
+
+
+def render_table(results: Sequence[Any], dtypes: Sequence[str]) -> str:
+    """The plain-text table, its details and a totals line."""
+    header = ["case", *dtypes]
+    body = [[name, *(summary(r) for r in row)] for name, row in _rows(results, dtypes)]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    details = _details(results, dtypes)
+    if details:
+        lines += ["", "Details:"]
+        for title, block in details:
+            lines.append(f"{title}:")
+            lines += [f"  {line}" for line in block]
+    lines += ["", _totals(results, dtypes)]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(results: Sequence[Any], dtypes: Sequence[str]) -> str:
+    """A GitHub-flavoured Markdown table, then the details as lists."""
+    lines = [
+        "| case | " + " | ".join(dtypes) + " |",
+        "| --- |" + " --- |" * len(dtypes),
+    ]
+    for name, row in _rows(results, dtypes):
+        cells = [_md(f"`{name}`")] + [_md(summary(r)) for r in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    details = _details(results, dtypes)
+    if details:
+        lines += ["", "### Details", ""]
+        for title, block in details:
+            lines.append(f"- **{title}**")
+            lines += [f"  - `{line}`" for line in block]
+    lines += ["", _totals(results, dtypes) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def render_json(results: Sequence[Any]) -> str:
+    """The JSON document: `{"jax_dtypeguard": VERSION, "cases": [...]}`."""
+    cases = [
+        {
+            "name": r.name,
+            "dtype": r.dtype,
+            "status": r.status,
+            "reason": r.reason,
+            "mismatches": [
+                {
+                    "path": m.path,
+                    "kind": m.kind,
+                    "expected": m.expected,
+                    "got": m.got,
+                    "origin": None if m.origin is None else str(m.origin),
+                }
+                for m in r.mismatches
+            ],
+            "compiles": r.compiles,
+        }
+        for r in results
+    ]
+    return json.dumps({"jax_dtypeguard": __version__, "cases": cases}, indent=2) + "\n"
+
+
+def _print_rich_table(results: Sequence[Any], dtypes: Sequence[str], stream: IO[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    styles = {"ok": "green", "drift": "red", "skipped": "dim", "error": "yellow"}
+    table = Table(header_style="bold")
+    table.add_column("case", no_wrap=True)
+    for dtype in dtypes:
+        table.add_column(dtype)
+    for name, row in _rows(results, dtypes):
+        table.add_row(name, *(f"[{styles[r.status]}]{summary(r)}[/]" for r in row))
+    console = Console(file=stream, highlight=False)
+    console.print(table)
+    details = _details(results, dtypes)
+    if details:
+        console.print("\n[bold]Details:[/]")
+        for title, block in details:
+            console.print(f"[bold]{title}[/]:", markup=True)
+            for line in block:
+                console.print(f"  {line}", markup=False)
+    console.print("\n" + _totals(results, dtypes), markup=False)
+
+
+# --- progress -------------------------------------------------------------
+
+
+def _progress(enabled: bool) -> Any:
+    """A context manager yielding a `progress(done, total, label)` callback or None."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(None)
+    try:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:
+        return contextlib.nullcontext(_plain_progress)
+
+    @contextlib.contextmanager
+    def bar() -> Any:
+        from rich.console import Console
+
+        with Progress(
+            TextColumn("auditing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(file=sys.stderr),
+            transient=True,
+        ) as progress:
+            task = progress.add_task("", total=None)
+
+            def update(done: int, total: int, label: str) -> None:
+                progress.update(task, completed=done, total=total, description=label)
+
+            yield update
+
+    return bar()
+
+
+def _plain_progress(done: int, total: int, label: str) -> None:
+    end = "\n" if done == total else ""
+    sys.stderr.write(f"\rauditing {done}/{total} {label[:50]:<50}{end}")
+    sys.stderr.flush()
+
+
+# --- the command ----------------------------------------------------------
+
+
+def _dtypes(text: str, check: Callable[[str], str]) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise _UsageError("--dtypes needs at least one dtype name")
+    return [check(name) for name in names]
+
+
+def _audit(options: argparse.Namespace) -> int:
+    from . import _audit
+
+    try:
+        dtypes = _dtypes(options.dtypes, _audit.check_dtype)
+        grads_dtype = options.grads_dtype and _audit.check_dtype(options.grads_dtype)
+        targets = options.targets or [_audit.OPTAX_TARGET]
+        if grads_dtype and _audit.OPTAX_TARGET not in targets:
+            raise _UsageError(
+                f"--grads-dtype applies to the '{_audit.OPTAX_TARGET}' target only; "
+                "build mixed-precision arguments in your Cases' make_args"
+            )
+        output = None
+        if options.output:
+            try:
+                output = open(options.output, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as error:
+                raise _UsageError(f"cannot write --output {options.output}: {error}") from None
+        items: list[Any] = []
+        for target in targets:
+            if target == _audit.OPTAX_TARGET:
+                items += _audit.optax_cases(grads_dtype)
+            else:
+                items += _audit.load_target(target)
+    except _audit.UsageError as error:
+        raise _UsageError(str(error)) from None
+    stream = output or sys.stdout
+    show_progress = options.format != "json" and sys.stderr.isatty()
+    try:
+        with _progress(show_progress) as progress:
+            results = _audit.audit(
+                items,
+                dtypes,
+                weak_type=options.weak_type,
+                jit=options.jit,
+                cast=options.cast,
+                extra_x64=grads_dtype,
+                progress=progress,
+            )
+        if options.format == "json":
+            stream.write(render_json(results))
+        elif options.format == "markdown":
+            stream.write(render_markdown(results, dtypes))
+        elif output is None and stream.isatty() and _has_rich():
+            _print_rich_table(results, dtypes, stream)
+        else:
+            stream.write(render_table(results, dtypes))
+    finally:
+        if output is not None:
+            output.close()
+    return 1 if _audit.failed(results) else 0
+
+
+def _has_rich() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `jax-dtypeguard` with `argv` (default: the process's arguments).
+
+    **Arguments:**
+
+    - `argv`: the command-line arguments, without the program name.
+
+    **Returns:**
+
+    The exit status: 0 when every case holds, 1 when some case drifted, 2 on
+    bad usage (reported as one line on stderr).
+    """
+    parser = _parser()
+    try:
+        options = parser.parse_args(argv)
+        if options.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return _audit(options)
+    except _UsageError as error:
+        sys.stderr.write(f"{PROG}: error: {error}\n")
+        return 2
+    except SystemExit as exit:  # --help, --version
+        return exit.code if isinstance(exit.code, int) else 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import inspect
 import logging
@@ -24,8 +25,8 @@ import numpy as np
 from . import _config
 from ._compat import jit_cache_size
 from ._decorator import StateParameter, _Guard
-from ._errors import CASTABLE_KINDS, Mismatch
-from .testing import Case, CaseError, x64_for
+from ._errors import CASTABLE_KINDS, Mismatch, StateDtypeError
+from .testing import Case, CaseError, assert_state_dtype_invariant, x64_for
 
 OPTAX_TARGET = "optax"
 JIT_STEPS = 3
@@ -414,7 +415,36 @@ def _jit_compiles(case: Case, dtype: str) -> tuple[int, str | None]:
     return jit_cache_size(jitted), None
 
 
-def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
+def _check(case: Case, dtype: str, weak_type: bool, x64: str | None) -> list[Mismatch]:
+    """`case.run(dtype)`, or, where `x64` names a 64-bit dtype that the case's
+    arguments hold (mixed precision), the same check with x64 on."""
+    if x64 is None:
+        return case.run(dtype, weak_type=weak_type)
+    where = f"Case {case.name!r} at dtype {dtype}"
+    with x64_for(x64):
+        try:
+            state = case.make_state(dtype)
+            args = tuple(case.make_args(dtype))
+        except Exception as error:
+            raise CaseError(f"{where}: building its inputs raised {_first_line(error)}") from error
+        try:
+            assert_state_dtype_invariant(
+                case.fn,
+                state,
+                *args,
+                state_arg=case.state_arg,
+                out=case.out,
+                weak_type=weak_type,
+                **dict(case.kwargs or {}),
+            )
+        except StateDtypeError as error:
+            return error.mismatches
+        except Exception as error:
+            raise CaseError(f"{where}: tracing raised {type(error).__name__}: {error}") from error
+    return []
+
+
+def _cast_left(case: Case, dtype: str, weak_type: bool, x64: str | None) -> list[Mismatch]:
     """What remains after cast mode, for a case with dtype/weak_type drift."""
     guard = _Guard(
         case.fn,
@@ -425,13 +455,16 @@ def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
         annotations=False,
     )
 
+    @functools.wraps(case.fn)
     def cast_fn(*args: Any, **kwargs: Any) -> Any:
         return guard(*args, **kwargs)
 
-    cast_fn.__signature__ = inspect.signature(case.fn)  # type: ignore[attr-defined]
-    cast_fn.__qualname__ = getattr(case.fn, "__qualname__", case.name)
-    cast_case = dataclasses.replace(case, fn=cast_fn)
-    return cast_case.run(dtype, weak_type=weak_type)
+    return _check(dataclasses.replace(case, fn=cast_fn), dtype, weak_type, x64)
+
+
+def _is_64bit(name: str) -> bool:
+    dtype = jnp.dtype(name)
+    return dtype.itemsize >= (16 if dtype.kind == "c" else 8)
 
 
 def run_case(
@@ -441,12 +474,17 @@ def run_case(
     weak_type: bool = True,
     jit: bool = False,
     cast: bool = False,
-    extra_x64: str | None = None,
+    grads_dtype: str | None = None,
 ) -> Result:
-    """Audits one case at one dtype."""
-    with _quiet(), _config.strict(False), x64_for(extra_x64 or dtype), x64_for(dtype):
+    """Audits one case at one dtype.
+
+    `grads_dtype`: the dtype of the other arguments, when it differs from
+    `dtype` (mixed precision); x64 is on if either is a 64-bit type.
+    """
+    x64 = grads_dtype if grads_dtype and _is_64bit(grads_dtype) and not _is_64bit(dtype) else None
+    with _quiet(), _config.strict(False), x64_for(x64 or dtype):
         try:
-            mismatches = case.run(dtype, weak_type=weak_type)
+            mismatches = _check(case, dtype, weak_type, x64)
         except CaseError as error:
             return Result(case.name, dtype, "error", str(error))
         result = Result(case.name, dtype, "drift" if mismatches else "ok", None, mismatches)
@@ -463,7 +501,7 @@ def run_case(
                 notes.insert(0, f"compiled {result.compiles} times in {JIT_STEPS} jitted steps")
         if cast and any(m.kind in CASTABLE_KINDS for m in mismatches):
             try:
-                result.cast_left = _cast_left(case, dtype, weak_type)
+                result.cast_left = _cast_left(case, dtype, weak_type, x64)
             except CaseError as error:
                 result.cast_left = []
                 notes.append(f"cast mode run raised: {error}")
@@ -489,7 +527,7 @@ def audit(
     weak_type: bool = True,
     jit: bool = False,
     cast: bool = False,
-    extra_x64: str | None = None,
+    grads_dtype: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[Result]:
     """Runs every case at every dtype; `progress(done, total, label)` after each."""
@@ -503,7 +541,12 @@ def audit(
             else:
                 results.append(
                     run_case(
-                        item, dtype, weak_type=weak_type, jit=jit, cast=cast, extra_x64=extra_x64
+                        item,
+                        dtype,
+                        weak_type=weak_type,
+                        jit=jit,
+                        cast=cast,
+                        grads_dtype=grads_dtype,
                     )
                 )
             done += 1

@@ -182,6 +182,12 @@ def _rows(results: Sequence[Any], dtypes: Sequence[str]) -> list[tuple[str, list
     return [(results[i].name, list(results[i : i + width])) for i in range(0, len(results), width)]
 
 
+def _lines(text: str) -> list[str]:
+    """A possibly multi-line message as lines, continuation lines indented."""
+    first, *rest = [line for line in text.splitlines() if line.strip()] or [""]
+    return [first, *(f"  {line}" for line in rest)]
+
+
 def _details(results: Sequence[Any], dtypes: Sequence[str]) -> list[tuple[str, list[str]]]:
     """Per row, the dtypes that share one report, and that report's lines."""
     blocks = []
@@ -192,9 +198,9 @@ def _details(results: Sequence[Any], dtypes: Sequence[str]) -> list[tuple[str, l
                 continue
             lines = [f"{m}  [{m.kind}]" for m in result.mismatches]
             if result.status in ("skipped", "error"):
-                lines.append(f"{result.status}: {result.reason}")
+                lines += _lines(f"{result.status}: {result.reason}")
             elif result.reason:
-                lines.append(f"note: {result.reason}")
+                lines += _lines(f"note: {result.reason}")
             if result.cast_left:
                 lines += [f"after cast: {m}  [{m.kind}]" for m in result.cast_left]
             groups.setdefault(tuple(lines), []).append(result.dtype)
@@ -399,7 +405,7 @@ def _audit(options: argparse.Namespace) -> int:
                 weak_type=options.weak_type,
                 jit=options.jit,
                 cast=options.cast,
-                extra_x64=grads_dtype,
+                grads_dtype=grads_dtype,
                 progress=progress,
             )
         if options.format == "json":

@@ -67,6 +67,10 @@ _LEAVES = (jax.Array, np.ndarray, np.generic, bool, int, float, complex, str, by
 _PREFIX = re.compile(r"\b(?:[a-z_]\w*\.)+(?=[A-Za-z_])")
 
 
+def _has_dims(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, (jaxtyping.AbstractArray, jaxtyping.PyTree))
+
+
 class _Unresolved:
     """A hint that could not be resolved (an unknown name in a string hint)."""
 
@@ -219,9 +223,10 @@ class _Walk:
         else:
             self.checker.warn(owner, text, reason)
 
-    def fail(self, path: str, text: str, value: Any) -> None:
+    def fail(self, path: str, text: str, value: Any, dims: bool = False) -> None:
+        """Records a violation; `dims`: the hint has jaxtyping dimensions to show."""
         got = describe(value)
-        bindings = dimension_bindings()
+        bindings = dimension_bindings() if dims else None
         if bindings:
             got += " where " + ", ".join(f"{k}={v}" for k, v in bindings.items())
         self.mismatches.append(Mismatch(path, "annotation", text, got))
@@ -236,7 +241,7 @@ class _Walk:
             return
         if isinstance(hint, type) and issubclass(hint, jaxtyping.AbstractArray):
             if not isinstance(value, hint):
-                self.fail(path, text, value)
+                self.fail(path, text, value, dims=True)
             return
         origin = typing.get_origin(hint)
         if origin is typing.Annotated:
@@ -249,7 +254,7 @@ class _Walk:
         elif origin is None and isinstance(hint, type):
             if issubclass(hint, jaxtyping.PyTree) and hint is not jaxtyping.PyTree:
                 if not isinstance(value, hint):  # every leaf, in this memo
-                    self.fail(path, text, value)
+                    self.fail(path, text, value, dims=True)
             elif not isinstance(value, hint):
                 self.fail(path, text, value)
             else:
@@ -311,7 +316,7 @@ class _Walk:
             for problem in unsure.problems:
                 self.problem(*problem)
             return
-        self.fail(path, text, value)
+        self.fail(path, text, value, dims=any(map(_has_dims, members)))
 
     def tuple(self, path: str, value: Any, items: tuple, text: str, owner: str) -> None:
         if not isinstance(value, tuple):

@@ -380,6 +380,6 @@ def test_environment_sets_the_defaults_in_a_fresh_process():
     ],
 )
 def test_invalid_environment_fails_at_import_naming_the_variable(variable, value, message):
-    result = _python("import jax_dtypeguard", **{variable: value})
+    result = _python("from jax_dtypeguard import state_dtype_invariant", **{variable: value})
     assert result.returncode != 0
     assert f"ValueError: {message}" in result.stderr

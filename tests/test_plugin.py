@@ -1,0 +1,147 @@
+"""The pytest plugin: --dtypeguard-strict, @pytest.mark.dtypeguard_strict, the header line."""
+
+import textwrap
+
+import pytest
+
+import jax_dtypeguard
+from jax_dtypeguard import _config
+
+pytest_plugins = ["pytester"]
+
+# Inner test modules: each test reports the strict setting it sees, and whether
+# a guard declared with mode="cast" raised on drift.
+PROBE = textwrap.dedent(
+    """
+    import jax.numpy as jnp
+    import pytest
+
+    import jax_dtypeguard as dg
+
+    def drifts(state):
+        return state * jnp.float32(2)
+
+    guarded = dg.state_dtype_invariant(drifts, mode="cast")
+
+    def raised():
+        try:
+            guarded(jnp.ones(2, jnp.float16))
+        except dg.StateDtypeError:
+            return True
+        return False
+
+    @pytest.fixture(scope="module")
+    def module_strict():
+        return dg.config.strict
+
+    def test_plain(module_strict):
+        print(f"\\nPROBE plain strict={dg.config.strict} raised={raised()} module={module_strict}")
+
+    @pytest.mark.dtypeguard_strict
+    def test_marked():
+        print(f"\\nPROBE marked strict={dg.config.strict} raised={raised()}")
+
+    @pytest.mark.dtypeguard_strict(False)
+    def test_opted_out():
+        print(f"\\nPROBE opted_out strict={dg.config.strict} raised={raised()}")
+
+    @pytest.mark.dtypeguard_strict
+    class TestMarkedClass:
+        def test_method(self):
+            print(f"\\nPROBE method strict={dg.config.strict}")
+    """
+)
+
+
+def probes(result):
+    return sorted(line for line in result.outlines if line.startswith("PROBE"))
+
+
+@pytest.fixture
+def probe(pytester):
+    pytester.makepyfile(test_probe=PROBE)
+    return pytester
+
+
+def test_header_says_whether_strict_mode_is_on(pytester):
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(
+        ["jax_dtypeguard strict mode: off (per test: @pytest.mark.dtypeguard_strict)"]
+    )
+    result = pytester.runpytest("--dtypeguard-strict")
+    result.stdout.fnmatch_lines(["jax_dtypeguard strict mode: on (--dtypeguard-strict)"])
+
+
+def test_marker_is_per_test_and_registered(probe):
+    result = probe.runpytest("-s", "--strict-markers", "-W", "error")
+    result.assert_outcomes(passed=4, warnings=0)
+    assert probes(result) == [
+        "PROBE marked strict=True raised=True",
+        "PROBE method strict=True",
+        "PROBE opted_out strict=False raised=False",
+        "PROBE plain strict=False raised=False module=False",
+    ]
+
+
+def test_option_makes_the_whole_session_strict_and_the_marker_can_opt_out(probe):
+    saved = _config.config._strict
+    result = probe.runpytest("-s", "--dtypeguard-strict", "--strict-markers", "-W", "error")
+    result.assert_outcomes(passed=4, warnings=0)
+    assert probes(result) == [
+        "PROBE marked strict=True raised=True",
+        "PROBE method strict=True",
+        "PROBE opted_out strict=False raised=False",
+        "PROBE plain strict=True raised=True module=True",
+    ]
+    assert _config.config._strict == saved  # restored when the session ends
+
+
+def test_markers_are_listed(pytester):
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(
+        [
+            "@pytest.mark.dtypeguard_strict(enabled=True): run this test in jax_dtypeguard "
+            "strict mode*",
+            "@pytest.mark.dtypeguard_x64(dtype): set by jax_dtypeguard.testing.parametrize_dtypes*",
+        ]
+    )
+
+
+def test_option_is_documented_in_help(pytester):
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*--dtypeguard-strict*Run every test in jax_dtypeguard strict*"])
+
+
+def test_strict_marker_works_in_this_suite():
+    assert jax_dtypeguard.config.strict is _config.config._strict  # no scope here
+
+
+@pytest.mark.dtypeguard_strict
+def test_strict_marker_works_in_this_suite_when_marked():
+    assert jax_dtypeguard.config.strict is True
+
+
+# The plugin is loaded by every pytest run once the library is installed: it
+# must not start JAX in test suites that never ask for it.
+NO_JAX = textwrap.dedent(
+    """
+    import sys
+
+    def test_plugin_loaded_without_jax(pytestconfig):
+        assert pytestconfig.pluginmanager.has_plugin("jax_dtypeguard")
+        assert "jax_dtypeguard._pytest_plugin" in sys.modules
+        assert "jax" not in sys.modules, "the jax_dtypeguard plugin imported JAX"
+    """
+)
+
+
+@pytest.mark.xfail(
+    not hasattr(jax_dtypeguard, "__getattr__"),
+    reason="jax_dtypeguard/__init__.py imports JAX eagerly; the plugin, a submodule, inherits it",
+    strict=True,
+)
+def test_plain_pytest_run_does_not_import_jax(pytester):
+    pytester.makepyfile(test_no_jax=NO_JAX)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

@@ -1,0 +1,555 @@
+"""Benchmarks of the decorator itself: run-time, trace-time and eager cost, memory.
+
+Each public function returns a dict with `title`, `target`, `met` (bool, or
+None when there is nothing to judge), `summary` (one line for the table) and
+its measurements. Times are compared as ratios or differences of
+interleaved samples, so a busy machine slows both sides alike.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from timing import interleaved, linear_fit, paired_difference, paired_ratio, summary
+
+from jax_dtypeguard import state_dtype_invariant
+from jax_dtypeguard._compat import enable_x64, jit_cache_size
+
+# --- 1. run-time cost under jit: the jaxprs ------------------------------------
+
+
+class _Particle(NamedTuple):
+    position: jax.Array
+    velocity: jax.Array
+    count: jax.Array
+
+
+def _particle(dtype: Any) -> _Particle:
+    return _Particle(jnp.ones(3, dtype), jnp.zeros(3, dtype), jnp.array(0, jnp.int32))
+
+
+def _particle_step(state: _Particle, force: jax.Array) -> _Particle:
+    velocity = 0.9 * state.velocity + force
+    return _Particle(state.position + velocity, velocity, state.count + 1)
+
+
+def _params(n: int, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+    return {f"p{i:05d}": jnp.full((4,), 0.5, dtype) for i in range(n)}
+
+
+def _optax_case(name: str, dtype: Any, grads_dtype: Any, steady: bool) -> tuple[Callable, tuple]:
+    """An optax update `(grads, state, params[, value]) -> (updates, state)` and its args."""
+    import optax
+
+    params = _params(3, dtype)
+    grads = _params(3, grads_dtype)
+    if name == "lbfgs":
+        tx = optax.lbfgs()
+
+        def value_fn(p: Any) -> jax.Array:
+            return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(p))
+
+        def update(g: Any, state: Any, p: Any, value: Any) -> Any:
+            return tx.update(g, state, p, value=value, grad=g, value_fn=value_fn)
+
+        state = tx.init(params)
+        value = value_fn(params)
+        if steady:  # after one update, the weak fields of `init` have turned strong
+            state = update(grads, state, params, value)[1]
+        return update, (grads, state, params, value)
+    tx = {"adam": optax.adam(1e-3), "sgd": optax.sgd(1e-2, momentum=0.9)}[name]
+
+    def update(g: Any, state: Any, p: Any) -> Any:  # type: ignore[misc]
+        return tx.update(g, state, p)
+
+    return update, (grads, tx.init(params), params)
+
+
+def _while_loop_case() -> tuple[Callable, tuple, Callable]:
+    def body(carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        i, x = carry
+        return i + 1, jnp.sin(x) * 0.5 + x
+
+    def run(body_fn: Callable) -> Callable:
+        def loop(x: jax.Array) -> Any:
+            return jax.lax.while_loop(lambda c: c[0] < 10, body_fn, (jnp.array(0), x))
+
+        return loop
+
+    return body, (jnp.ones(3),), run
+
+
+def _drifting_leaves(fn: Callable, args: tuple, state_arg: int, out: int | None) -> int:
+    """Leaves whose dtype or weak_type the undecorated step changes."""
+    result = jax.eval_shape(fn, *args)
+    state_out = result if out is None else result[out]
+    state_in = jax.eval_shape(lambda s: s, args[state_arg])
+    pairs = zip(jax.tree.leaves(state_in), jax.tree.leaves(state_out))
+    return sum(
+        a.dtype != b.dtype or getattr(a, "weak_type", False) != getattr(b, "weak_type", False)
+        for a, b in pairs
+    )
+
+
+def _primitives(jaxpr: Any) -> collections.Counter[str]:
+    return collections.Counter(str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns)
+
+
+def jaxpr_identity() -> dict[str, Any]:
+    """Check mode leaves the jaxpr untouched; cast mode adds one conversion per drifting leaf."""
+    rows: dict[str, Any] = {}
+    checks: list[tuple[str, Callable, tuple, int, int | None]] = [
+        ("namedtuple step", _particle_step, (_particle(jnp.float32), jnp.ones(3)), 0, None),
+    ]
+    try:
+        import optax  # noqa: F401
+    except ImportError:
+        rows["optax"] = "skipped: optax is not installed"
+    else:
+        for name, steady in (("adam", False), ("sgd", False), ("lbfgs", True)):
+            fn, args = _optax_case(name, jnp.float32, jnp.float32, steady)
+            checks.append((f"optax.{name} update", fn, args, 1, 1))
+    for name, fn, args, state, out in checks:
+        plain = jax.make_jaxpr(fn)(*args)
+        guarded = jax.make_jaxpr(state_dtype_invariant(fn, state=state, out=out))(*args)
+        rows[name] = {"check_identical": str(plain) == str(guarded), "eqns": len(plain.eqns)}
+    body, args, run = _while_loop_case()
+    plain = jax.make_jaxpr(run(body))(*args)
+    guarded = jax.make_jaxpr(run(state_dtype_invariant(body)))(*args)
+    rows["while_loop body"] = {"check_identical": str(plain) == str(guarded), "eqns": 1}
+
+    casts: list[tuple[str, Callable, tuple, int, int | None]] = [
+        (
+            "namedtuple step, float16 state, float32 force",
+            _particle_step,
+            (_particle(jnp.float16), jnp.ones(3, jnp.float32)),
+            0,
+            None,
+        ),
+    ]
+    if "optax" not in rows:
+        fn, args = _optax_case("adam", jnp.bfloat16, jnp.float32, False)
+        casts.append(("optax.adam, bfloat16 params, float32 grads", fn, args, 1, 1))
+        fn, args = _optax_case("lbfgs", jnp.float32, jnp.float32, False)
+        casts.append(("optax.lbfgs first update (weak -> strong)", fn, args, 1, 1))
+    for name, fn, args, state, out in casts:
+        drifting = _drifting_leaves(fn, args, state, out)
+        plain = jax.make_jaxpr(fn)(*args)
+        guarded = jax.make_jaxpr(state_dtype_invariant(fn, state=state, out=out, mode="cast"))(
+            *args
+        )
+        extra = _primitives(guarded) - _primitives(plain)
+        missing = _primitives(plain) - _primitives(guarded)
+        rows[name] = {
+            "drifting_leaves": drifting,
+            "added": dict(extra),
+            "removed": dict(missing),
+            "one_conversion_per_drifting_leaf": (
+                drifting > 0 and not missing and dict(extra) == {"convert_element_type": drifting}
+            ),
+        }
+    verdicts = [
+        row.get("check_identical", row.get("one_conversion_per_drifting_leaf"))
+        for row in rows.values()
+        if isinstance(row, dict)
+    ]
+    met = all(verdicts)
+    identical = sum(bool(r.get("check_identical")) for r in rows.values() if isinstance(r, dict))
+    cast_ok = sum(
+        bool(r.get("one_conversion_per_drifting_leaf"))
+        for r in rows.values()
+        if isinstance(r, dict)
+    )
+    n_check = sum("check_identical" in r for r in rows.values() if isinstance(r, dict))
+    n_cast = len(verdicts) - n_check
+    return {
+        "title": "1. run-time cost under jit",
+        "target": "check: jaxpr identical; cast: +1 convert per drifting leaf",
+        "met": met,
+        "summary": f"check identical {identical}/{n_check}; cast exact {cast_ok}/{n_cast}",
+        "cases": rows,
+    }
+
+
+# --- 2. trace-time cost ---------------------------------------------------------
+
+
+def _fresh(fn: Callable) -> Callable:
+    """A new function object each time, so no JAX trace cache can answer."""
+
+    def call(*args: Any) -> Any:
+        return fn(*args)
+
+    return call
+
+
+def _trace_one(
+    update: Callable,
+    guarded: Callable,
+    identity: Callable,
+    guarded_identity: Callable,
+    tx: Any,
+    n: int,
+    repeats: dict[int, int],
+) -> dict[str, Any]:
+    params = jax.eval_shape(lambda: _params(n))
+    state = jax.eval_shape(tx.init, params)
+    args = (params, state, params)
+    functions = {
+        "plain": lambda: jax.make_jaxpr(_fresh(update))(*args),
+        "guarded": lambda: jax.make_jaxpr(_fresh(guarded))(*args),
+        "identity": lambda: jax.make_jaxpr(_fresh(identity))(state),
+        "guarded_identity": lambda: jax.make_jaxpr(_fresh(guarded_identity))(state),
+    }
+    for function in functions.values():
+        function()  # warm up
+    samples = interleaved(functions, repeats.get(n, 3))
+    leaves = len(jax.tree.leaves(state))
+    overhead = paired_difference(samples, "guarded_identity", "identity")
+    return {
+        "state_leaves": leaves,
+        "plain": summary(samples["plain"]),
+        "guarded": summary(samples["guarded"]),
+        "ratio": paired_ratio(samples, "guarded", "plain"),
+        "overhead_us": paired_difference(samples, "guarded", "plain") * 1e6,
+        "guard_overhead_us": overhead * 1e6,
+        "guard_overhead_per_leaf_us": overhead / leaves * 1e6,
+    }
+
+
+def trace_time(
+    sizes: tuple[int, ...] = (100, 1000, 10000), repeats: dict[int, int] | None = None
+) -> dict[str, Any]:
+    """`jax.make_jaxpr` of an `optax.adam` update, decorated (check mode) over undecorated."""
+    try:
+        import optax
+    except ImportError:
+        return _skipped("2. trace time", "optax is not installed")
+    repeats = repeats or {100: 21, 1000: 9, 10000: 3}
+    tx = optax.adam(1e-3)
+
+    def update(grads: Any, state: Any, params: Any) -> Any:
+        return tx.update(grads, state, params)
+
+    def identity(state: Any) -> Any:
+        return state
+
+    guarded = state_dtype_invariant(update, state=1, out=1, annotations=False)
+    guarded_identity = state_dtype_invariant(identity, annotations=False)
+    rows = {
+        n: _trace_one(update, guarded, identity, guarded_identity, tx, n, repeats) for n in sizes
+    }
+    slope, intercept = linear_fit(
+        [r["state_leaves"] for r in rows.values()], [r["guard_overhead_us"] for r in rows.values()]
+    )
+    at_1000 = rows.get(1000, {}).get("ratio")
+    per_leaf = ", ".join(f"{r['guard_overhead_per_leaf_us']:.2f}" for r in rows.values())
+    ratios = ", ".join(f"{n}: {r['ratio']:.3f}" for n, r in rows.items())
+    return {
+        "title": "2. trace time (make_jaxpr, adam)",
+        "target": "ratio <= 1.10 at 1,000 params; linear in leaves",
+        "met": None if at_1000 is None else at_1000 <= 1.10,
+        "summary": f"ratio {ratios}; guard {per_leaf} us/state leaf",
+        "params": rows,
+        "guard_fit": {"per_leaf_us": slope, "constant_us": intercept},
+    }
+
+
+# --- 4. eager calls on a cache hit ----------------------------------------------
+
+
+def _eager_one(n: int, container: str, repeats: int, calls: int) -> dict[str, Any]:
+    import beartype
+    import jaxtyping
+    from jaxtyping import Array, Float
+
+    # Same types on both sides, other arrays: what a real step returns.
+    state_in, state_out = _params(n), _params(n)
+    # beartype checks one item of a container per call (a sample), whatever its size.
+    hint: Any = dict[str, Float[Array, "4"]]
+    if container == "tuple":
+        state_in, state_out = tuple(state_in.values()), tuple(state_out.values())
+        hint = tuple[Float[Array, "4"], ...]
+
+    def step(state: hint, scale: float) -> hint:
+        return state_out
+
+    guarded = state_dtype_invariant(step, annotations=False)
+    jaxtyped = jaxtyping.jaxtyped(typechecker=beartype.beartype)(step)
+    flatten = jax.tree_util.tree_flatten
+
+    def two_flattens() -> Any:
+        flatten(state_in)
+        return flatten(state_out)
+
+    functions = {
+        "plain": lambda: step(state_in, 1.0),
+        "guarded": lambda: guarded(state_in, 1.0),
+        "jaxtyped": lambda: jaxtyped(state_in, 1.0),
+        "two_flattens": two_flattens,
+    }
+    for function in functions.values():
+        function()
+    number = max(10, calls * 10 // n)
+    samples = interleaved(functions, repeats, number)
+    ours = paired_difference(samples, "guarded", "plain") * 1e6
+    theirs = paired_difference(samples, "jaxtyped", "plain") * 1e6
+    floor = min(samples["two_flattens"]) * 1e6
+    return {
+        "guarded_overhead_us": ours,
+        "guarded_per_leaf_us": ours / n,
+        "jaxtyped_overhead_us": theirs,
+        "jax_tree_flatten_x2_us": floor,
+        "beyond_flatten_per_leaf_us": (ours - floor) / n,
+        "leaves_checked": {"guarded": n, "jaxtyped": 1},
+        "jaxtyped_per_checked_leaf_us": theirs,
+        "guarded_per_checked_leaf_us": ours / n,
+    }
+
+
+def _two_point(rows: dict[int, dict[str, Any]], key: str) -> tuple[float, float]:
+    """(per-leaf slope, constant) through the smallest and the largest state."""
+    small, large = min(rows), max(rows)
+    slope = (rows[large][key] - rows[small][key]) / (large - small)
+    return slope, rows[small][key] - slope * small
+
+
+def eager_overhead(
+    sizes: tuple[int, ...] = (10, 100, 1000), repeats: int = 15, calls: int = 200
+) -> dict[str, Any]:
+    """Per-call overhead of a decorated identity-like step, against jaxtyped+beartype.
+
+    Two containers: a dict (as params are) and a flat tuple, whose flattening
+    costs JAX less. beartype checks one sampled item of either per call.
+    """
+    states = {
+        container: {n: _eager_one(n, container, repeats, calls) for n in sizes}
+        for container in ("dict", "tuple")
+    }
+    fits = {}
+    for container, rows in states.items():
+        slope, constant = _two_point(rows, "guarded_overhead_us")
+        floor, _ = _two_point(rows, "jax_tree_flatten_x2_us")
+        fits[container] = {
+            "per_leaf_us": slope,
+            "constant_us": constant,
+            "jax_tree_flatten_x2_per_leaf_us": floor,
+            "beyond_flatten_per_leaf_us": slope - floor,
+        }
+    below = {
+        container: all(r["guarded_overhead_us"] < r["jaxtyped_overhead_us"] for r in rows.values())
+        for container, rows in states.items()
+    }
+    dict_rows = states["dict"]
+    text = ", ".join(
+        f"{n}: {r['guarded_overhead_us']:.1f} vs {r['jaxtyped_overhead_us']:.1f}"
+        for n, r in dict_rows.items()
+    )
+    fit = fits["dict"]
+    return {
+        "title": "4. eager call overhead",
+        "target": "<= 0.2 us/leaf + small constant; below jaxtyped+beartype",
+        "met": all(f["per_leaf_us"] <= 0.2 for f in fits.values()) and all(below.values()),
+        "summary": (
+            f"dict: {fit['per_leaf_us']:.2f} us/leaf ({fit['jax_tree_flatten_x2_per_leaf_us']:.2f}"
+            f" of it JAX's two flattens) + {fit['constant_us']:.1f} us; tuple: "
+            f"{fits['tuple']['per_leaf_us']:.2f} us/leaf; us/call guard vs jaxtyped (dict) {text}"
+        ),
+        "states": states,
+        "fits": fits,
+        "below_jaxtyped": below,
+        "note": (
+            "jaxtyped+beartype checks one sampled item of a dict[str, Float[Array, '4']] "
+            "or tuple[Float[Array, '4'], ...] per call (beartype's O(1) strategy); the "
+            "guard compares every leaf. Two jax.tree_util.tree_flatten calls (input and output "
+            "state) bound the guard's cost from below."
+        ),
+    }
+
+
+# --- 5. compile counts under jax_dtypeguard.optax.invariant ---------------------
+
+
+def _discover(optax: Any) -> list[tuple[str, Any]]:
+    """(name, transformation) for every optimizer Optax exports, as the audit builds them."""
+    try:
+        from jax_dtypeguard import _audit
+
+        values = _audit._argument_values(optax)
+        found = []
+        for name, constructor, _certain in _audit._candidates(optax):
+            try:
+                tx, display = _audit._construct(name, constructor, optax, values)
+            except Exception:
+                continue
+            if isinstance(tx, optax.GradientTransformation):
+                found.append((display, tx))
+        return found
+    except (ImportError, AttributeError):
+        names = ["adam", "adamw", "sgd", "rmsprop", "adagrad", "lion", "adabelief", "lamb"]
+        return [(name, getattr(optax, name)(1e-3)) for name in names] + [("lbfgs", optax.lbfgs())]
+
+
+def _compiles(tx: Any, optax: Any, steps: int = 3) -> int:
+    params = {"matrix": jnp.ones((4, 3)), "vector": jnp.ones(3), "scalar": jnp.ones(())}
+    grads = jax.tree.map(lambda x: 0.1 * x, params)
+
+    def value_fn(p: Any) -> jax.Array:
+        return 0.5 * sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(p))
+
+    if isinstance(tx, optax.GradientTransformationExtraArgs):
+
+        def step(state: Any, grads: Any, params: Any, value: Any) -> Any:
+            return tx.update(grads, state, params, value=value, grad=grads, value_fn=value_fn)[1]
+
+    else:
+
+        def step(state: Any, grads: Any, params: Any, value: Any) -> Any:  # type: ignore[misc]
+            return tx.update(grads, state, params)[1]
+
+    jitted = jax.jit(step)
+    state = tx.init(params)
+    for _ in range(steps):
+        state = jitted(state, grads, params, value_fn(params))
+    return jit_cache_size(jitted)
+
+
+def compile_counts(limit: int | None = None) -> dict[str, Any]:
+    """Compilations over 3 jitted updates of every Optax optimizer, plain and under `invariant`."""
+    try:
+        import optax
+    except ImportError:
+        return _skipped("5. compile counts", "optax is not installed")
+    try:
+        from jax_dtypeguard.optax import invariant
+    except ImportError as error:
+        return _skipped("5. compile counts", f"jax_dtypeguard.optax unavailable: {error}")
+    import warnings
+
+    optimizers = _discover(optax)[:limit]
+    rows: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, tx in optimizers:
+            row: dict[str, Any] = {}
+            for label, candidate in (("plain", tx), ("invariant", None)):
+                try:
+                    candidate = candidate or invariant(tx)
+                    row[label] = _compiles(candidate, optax)
+                except Exception as error:
+                    row[label] = f"error: {type(error).__name__}: {str(error).splitlines()[0]:.120}"
+            rows[name] = row
+    counted = {n: r for n, r in rows.items() if isinstance(r["invariant"], int)}
+    once = [n for n, r in counted.items() if r["invariant"] == 1]
+    plain_more = {
+        n: r["plain"] for n, r in rows.items() if isinstance(r["plain"], int) and r["plain"] > 1
+    }
+    errors = {n: r for n, r in rows.items() if not all(isinstance(v, int) for v in r.values())}
+    ratios = [
+        r["invariant"] / r["plain"]
+        for r in rows.values()
+        if isinstance(r["invariant"], int) and isinstance(r["plain"], int)
+    ]
+    return {
+        "title": "5. compile counts (optax, 3 jitted updates)",
+        "target": "every optimizer under invariant compiles once",
+        "met": len(once) == len(counted) and not errors,
+        "summary": (
+            f"{len(once)}/{len(counted)} compile once under invariant; plain compiles >1: "
+            f"{', '.join(f'{n} ({c})' for n, c in plain_more.items()) or 'none'}; "
+            f"errors: {len(errors)}"
+        ),
+        "optimizers": rows,
+        "mean_ratio_invariant_over_plain": sum(ratios) / len(ratios) if ratios else None,
+        "errors": errors,
+    }
+
+
+# --- 7. memory of a carried low-precision state ---------------------------------
+
+
+def _nbytes(tree: Any) -> int:
+    return int(sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree.leaves(tree)))
+
+
+def _memory_case(dtype: Any, value_dtype: Any, steps: int) -> dict[str, Any]:
+    state0 = {"w": jnp.ones((256, 256), dtype), "b": jnp.ones((256,), dtype)}
+    value = jnp.asarray(0.5, value_dtype)
+
+    def step(state: Any, value: Any) -> Any:
+        return jax.tree.map(lambda s: 0.9 * s + 0.1 * value, state)
+
+    guarded = state_dtype_invariant(step, mode="cast")
+    plain_state, guarded_state = state0, state0
+    plain_jit, guarded_jit = jax.jit(step), jax.jit(guarded)
+    plain_jit_state, guarded_jit_state = state0, state0
+    for _ in range(steps):
+        plain_state = step(plain_state, value)
+        guarded_state = guarded(guarded_state, value)
+        plain_jit_state = plain_jit(plain_jit_state, value)
+        guarded_jit_state = guarded_jit(guarded_jit_state, value)
+    initial = _nbytes(state0)
+    return {
+        "steps": steps,
+        "initial_bytes": initial,
+        "unguarded_bytes": _nbytes(plain_state),
+        "guarded_bytes": _nbytes(guarded_state),
+        "unguarded_dtype": str(plain_state["w"].dtype),
+        "guarded_dtype": str(guarded_state["w"].dtype),
+        "ratio_guarded": _nbytes(guarded_state) / initial,
+        "ratio_unguarded": _nbytes(plain_state) / initial,
+        "jit_compiles": {
+            "unguarded": jit_cache_size(plain_jit),
+            "guarded": jit_cache_size(guarded_jit),
+        },
+    }
+
+
+def memory(steps: int = 10) -> dict[str, Any]:
+    """Bytes of a float16/bfloat16 state carried through a promoting step, cast mode vs none."""
+    rows = {"bfloat16 state, float32 value": _memory_case(jnp.bfloat16, jnp.float32, steps)}
+    with enable_x64():
+        rows["float16 state, float64 value"] = _memory_case(jnp.float16, jnp.float64, steps)
+    met = all(r["ratio_guarded"] == 1.0 and r["ratio_unguarded"] > 1.0 for r in rows.values())
+    text = "; ".join(
+        f"{r['guarded_dtype']}: guarded x{r['ratio_guarded']:.0f}, "
+        f"unguarded x{r['ratio_unguarded']:.0f} ({r['unguarded_dtype']})"
+        for r in rows.values()
+    )
+    return {
+        "title": "7. memory (cast mode)",
+        "target": "cast mode keeps the state's bytes",
+        "met": met,
+        "summary": f"after {steps} steps: {text}",
+        "cases": rows,
+    }
+
+
+def _skipped(title: str, reason: str) -> dict[str, Any]:
+    return {"title": title, "target": "", "met": None, "summary": f"skipped: {reason}"}
+
+
+SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "jaxpr": jaxpr_identity,
+    "trace": trace_time,
+    "eager": eager_overhead,
+    "compiles": compile_counts,
+    "memory": memory,
+}
+
+QUICK: dict[str, dict[str, Any]] = {
+    "trace": {"sizes": (100, 1000), "repeats": {100: 7, 1000: 3}},
+    "eager": {"repeats": 5, "calls": 50},
+    "compiles": {"limit": 12},
+    "memory": {"steps": 3},
+}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """All core sections (the harness runs them one by one instead)."""
+    return {name: fn(**(QUICK.get(name, {}) if quick else {})) for name, fn in SECTIONS.items()}

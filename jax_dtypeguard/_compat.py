@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax._src import source_info_util as _source_info
 from jax._src.lax import lax as _lax_internal
 
 Tracer = jax.core.Tracer
@@ -78,17 +77,13 @@ def jit_cache_size(jitted: Any) -> int:
     return jitted._cache_size()
 
 
-# Source locations of jaxpr equations: older JAX's `user_frames` takes the
-# equation's `SourceInfo`, newer its `.traceback`.
-_USER_FRAMES_TAKE_TRACEBACK = "traceback" in inspect.signature(_source_info.user_frames).parameters
+def source_frames(source_info: Any) -> list[tuple[str, int, str]]:
+    """`(file, line, function)` of every Python frame JAX recorded for a jaxpr equation.
 
-
-def user_frames(source_info: Any) -> Iterator[tuple[str, int, str]]:
-    """`(file, line, function)` of each non-JAX frame recorded for an equation, innermost first."""
-    if source_info is None:
-        return iter(())
-    if _USER_FRAMES_TAKE_TRACEBACK:
-        frames = _source_info.user_frames(source_info.traceback)
-    else:  # jax < 0.5
-        frames = _source_info.user_frames(source_info)
-    return ((f.file_name, f.start_line, f.function_name) for f in frames)
+    Innermost first. Not `source_info_util.user_frames`: its stdlib filter also
+    drops every package installed under the stdlib directory (e.g. Optax).
+    """
+    traceback = getattr(source_info, "traceback", None)
+    if traceback is None:
+        return []
+    return [(f.file_name, f.line_num, f.function_name) for f in traceback.frames]

@@ -1,9 +1,42 @@
-"""Where did a dtype or weak_type drift come from? (computed only on report)"""
+"""Where did a dtype or weak_type drift come from? (computed only on report)
+
+When a drift is about to be reported, the function is traced once more, into
+a jaxpr, on abstract versions of its array arguments. For each drifting leaf
+the walk starts at the jaxpr output that holds it and goes back toward the
+inputs, to the first equation whose result departs from the input leaf's
+type. Equations that the input leaf flows into (its *lineage*) are preferred:
+the reader wants the line where their state changed type, and which other
+argument made it change. Nested jaxprs (`jit`, `cond` branches, `while` and
+`scan` bodies, `custom_jvp`/`custom_vjp` calls, `checkpoint`) are walked as
+if inlined.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import os
+import site
+import sysconfig
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any
+
+import jax
+import numpy as np
+
+from . import _compat
+from ._errors import Mismatch, Origin
+from ._signature import LeafSignature
+
+_tree = jax.tree_util
+_KINDS = frozenset({"dtype", "weak_type"})
+# Seconds the walks of one report may take (tracing excluded); past it, no origin.
+_TIME_LIMIT = 2.0
+_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+_ARRAY_TYPES = (jax.Array, _compat.Tracer, np.ndarray, np.generic)
 
 
 def explain(
@@ -12,7 +45,606 @@ def explain(
     out: int | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    mismatches: list[Any],
-) -> list[Any]:
-    """`mismatches` with `origin` filled in where it can be found."""
-    return mismatches
+    mismatches: list[Mismatch],
+) -> list[Mismatch]:
+    """`mismatches` with `origin` filled in where it can be found.
+
+    Never raises: whatever goes wrong leaves the mismatches as they were.
+    """
+    if not any(m.kind in _KINDS for m in mismatches):
+        return mismatches
+    try:
+        return _explain(fn, parameter, out, args, kwargs, mismatches)
+    except Exception:  # a missing origin must never hide the report itself
+        return mismatches
+
+
+def _explain(
+    fn: Callable[..., Any],
+    parameter: Any,
+    out: int | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    mismatches: list[Mismatch],
+) -> list[Mismatch]:
+    traced = _Traced.of(fn, parameter, out, tuple(args), dict(kwargs))
+    if traced is None:
+        return mismatches
+    walker = _Walker(traced.jaxpr.jaxpr, traced.state_invars)
+    explained = []
+    for m in mismatches:
+        origin = None
+        if m.kind in _KINDS and m.path.startswith(parameter.name):
+            origin = traced.origin(walker, m.path[len(parameter.name) :], m.kind)
+        explained.append(m if origin is None else dataclasses.replace(m, origin=origin))
+    return explained
+
+
+# --------------------------------------------------------------------------------------------
+# Tracing the function again, on abstract arguments
+
+
+def _abstract(leaf: Any) -> Any:
+    if isinstance(leaf, _compat.Tracer):
+        aval = leaf.aval
+        return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
+    return leaf
+
+
+def _argument_names(fn: Callable[..., Any], count: int) -> list[str]:
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return [f"args[{i}]" for i in range(count)]
+    names = []
+    for i in range(count):
+        positional = [
+            p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if i < len(positional):
+            names.append(positional[i].name)
+            continue
+        variadic = next((p.name for p in parameters if p.kind is p.VAR_POSITIONAL), "args")
+        names.append(f"{variadic}[{i - len(positional)}]")
+    return names
+
+
+def _state_slots(
+    parameter: Any, state: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, ...] | None:
+    """Which argument slots hold the state: `("0",)`, `("k",)`, every positional, or None."""
+    position = getattr(parameter, "position", None)
+    keyword = getattr(parameter, "keyword", None)
+    if position is not None and position < len(args) and args[position] is state:
+        return (str(position),)
+    if keyword is not None and kwargs.get(keyword) is state and keyword in kwargs:
+        return (keyword,)
+    if state is args:
+        return tuple(str(i) for i in range(len(args)))
+    for i, arg in enumerate(args):
+        if arg is state:
+            return (str(i),)
+    for key, value in kwargs.items():
+        if value is state:
+            return (key,)
+    return None
+
+
+@dataclasses.dataclass
+class _Traced:
+    """The function's jaxpr and where the state's leaves are among its inputs and outputs."""
+
+    jaxpr: Any  # ClosedJaxpr
+    labels: list[str]  # per jaxpr input: the argument (and keypath) it stands for
+    state_invars: dict[str, int]  # path below the state's name -> jaxpr input index
+    state_signatures: dict[str, LeafSignature]  # path below the state's name -> input type
+    outputs: dict[str, int]  # path below the state's name -> jaxpr output index
+
+    @classmethod
+    def of(
+        cls,
+        fn: Callable[..., Any],
+        parameter: Any,
+        out: int | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> _Traced | None:
+        found, state = parameter.find(args, kwargs)
+        if not found:
+            return None
+        state_paths = [_tree.keystr(p) for p, _ in _tree.tree_flatten_with_path(state)[0]]
+        state_leaves = _tree.tree_leaves(state)
+        slots = _state_slots(parameter, state, args, kwargs)
+        keyword = getattr(parameter, "keyword", None)
+        if slots is None and keyword is not None:  # the state is the parameter's default
+            kwargs = {**kwargs, keyword: state}
+            slots = (keyword,)
+        names = _argument_names(fn, len(args))
+        slot_items = [(str(i), names[i], a) for i, a in enumerate(args)]
+        slot_items += [(k, k, v) for k, v in kwargs.items()]
+        flat = []  # per slot: (treedef, leaves, labels)
+        state_leaf_slots = []
+        for slot, name, value in slot_items:
+            entries, treedef = _tree.tree_flatten_with_path(value)
+            leaves = [leaf for _, leaf in entries]
+            labels = [name + _tree.keystr(path) for path, _ in entries]
+            is_state = slots is not None and slot in slots
+            flat.append((treedef, leaves, labels, is_state))
+            if is_state:
+                state_leaf_slots.append(len(flat) - 1)
+
+        for keep_arrays_dynamic in (True, False):
+            try:
+                traced = cls._trace(fn, out, slot_items, flat, keep_arrays_dynamic)
+            except Exception:
+                continue
+            jaxpr, labels, state_invar_list, outputs = traced
+            if slots is not None and len(state_invar_list) != len(state_paths):
+                state_invar_list = []
+            return cls(
+                jaxpr,
+                labels,
+                dict(zip(state_paths, state_invar_list)),
+                {p: LeafSignature.of(leaf) for p, leaf in zip(state_paths, state_leaves)},
+                outputs,
+            )
+        return None
+
+    @staticmethod
+    def _trace(
+        fn: Callable[..., Any],
+        out: int | None,
+        slot_items: list[tuple[str, str, Any]],
+        flat: list[tuple[Any, list[Any], list[str], bool]],
+        arrays_dynamic: bool,
+    ) -> tuple[Any, list[str], list[int], dict[str, int]]:
+        dynamic_values, labels, state_invars = [], [], []
+        where = []  # (slot index, leaf index) of each dynamic value
+        for s, (_, leaves, leaf_labels, is_state) in enumerate(flat):
+            for i, leaf in enumerate(leaves):
+                array = isinstance(leaf, _ARRAY_TYPES)
+                if is_state:
+                    if not (array or isinstance(leaf, (bool, int, float, complex))):
+                        continue
+                    state_invars.append(len(dynamic_values))
+                elif not (array and (arrays_dynamic or isinstance(leaf, _compat.Tracer))):
+                    continue
+                where.append((s, i))
+                dynamic_values.append(_abstract(leaf))
+                labels.append(leaf_labels[i])
+        positional = sum(1 for slot, _, _ in slot_items if slot.isdigit())
+
+        def flat_fn(*dynamic: Any) -> Any:
+            leaves = [list(f[1]) for f in flat]
+            for (s, i), value in zip(where, dynamic):
+                leaves[s][i] = value
+            values = [_tree.tree_unflatten(f[0], ls) for f, ls in zip(flat, leaves)]
+            keywords = {
+                slot: v for (slot, _, _), v in zip(slot_items[positional:], values[positional:])
+            }
+            return fn(*values[:positional], **keywords)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            closed, shape = jax.make_jaxpr(flat_fn, return_shape=True)(*dynamic_values)
+        offset = 0
+        state_out = shape
+        if out is not None:
+            index = out % len(shape)
+            offset = sum(len(_tree.tree_leaves(x)) for x in list(shape)[:index])
+            state_out = shape[index]
+        entries = _tree.tree_flatten_with_path(state_out)[0]
+        outputs = {_tree.keystr(path): offset + j for j, (path, _) in enumerate(entries)}
+        return closed, labels, state_invars, outputs
+
+    def origin(self, walker: _Walker, path: str, kind: str) -> Origin | None:
+        """Where the leaf at `path` (below the state's name) first left its input type."""
+        output = self.outputs.get(path)
+        signature = self.state_signatures.get(path)
+        if output is None or signature is None:
+            return None
+        invar = self.state_invars.get(path)
+        departs = _departs_from(signature.dtype, signature.weak_type, kind)
+        found = walker.locate(walker.root, walker.root.jaxpr.outvars[output], departs, invar)
+        if found is None:
+            return None
+        argument = walker.argument(found)
+        if argument is not None and argument == invar:
+            argument = None
+        file, line, function = _user_location(found.eqn) or (None, None, None)
+        label = None if argument is None else self.labels[argument]
+        return Origin(found.eqn.primitive.name, file, line, function, label)
+
+
+@functools.cache
+def _directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Directories of JAX (and this package), of the stdlib, of installed packages."""
+    import jaxlib
+
+    paths = sysconfig.get_paths()
+    here = (jax.__file__, jaxlib.__file__, os.path.abspath(__file__))
+    internal = {os.path.join(os.path.dirname(f), "") for f in here}
+    stdlib = {os.path.join(paths[k], "") for k in ("stdlib", "platstdlib")}
+    installed = {paths["purelib"], paths["platlib"], *site.getsitepackages()}
+    return tuple(internal), tuple(stdlib), tuple(os.path.join(p, "") for p in installed)
+
+
+@functools.cache
+def _is_user_file(path: str) -> bool:
+    """Not JAX's, not this package's, not the stdlib's (packages installed under it are)."""
+    if path.startswith("<frozen"):
+        return False
+    internal, stdlib, installed = _directories()
+    path = os.path.abspath(path)
+    if path.startswith(internal):
+        return False
+    return not path.startswith(stdlib) or path.startswith(installed)
+
+
+def _user_location(eqn: Any) -> tuple[str, int, str] | None:
+    """The innermost frame of the user's (or a library's) code that made `eqn`."""
+    from ._decorator import short_path
+
+    for file, line, function in _compat.source_frames(eqn.source_info):
+        if _is_user_file(file):
+            return short_path(file), line, function
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Walking the jaxpr
+
+
+def _departs_from(dtype: np.dtype, weak_type: bool, kind: str) -> Callable[[Any], bool]:
+    if kind == "dtype":
+        return lambda aval: getattr(aval, "dtype", dtype) != dtype
+    return lambda aval: (
+        getattr(aval, "dtype", dtype) != dtype
+        or bool(getattr(aval, "weak_type", weak_type)) != weak_type
+    )
+
+
+def _is_literal(atom: Any) -> bool:
+    return hasattr(atom, "val")
+
+
+def _open(jaxpr: Any) -> Any:
+    """The open jaxpr of a `Jaxpr` or `ClosedJaxpr` parameter, else None."""
+    if hasattr(jaxpr, "eqns"):
+        return jaxpr
+    inner = getattr(jaxpr, "jaxpr", None)
+    return inner if hasattr(inner, "eqns") else None
+
+
+def _call_jaxpr(eqn: Any) -> Any:
+    """The jaxpr of a call-like equation whose inputs and outputs map one to one."""
+    for name in _CALL_PARAMS:
+        jaxpr = _open(eqn.params.get(name))
+        if (
+            jaxpr is not None
+            and len(jaxpr.invars) == len(eqn.invars)
+            and len(jaxpr.outvars) == len(eqn.outvars)
+        ):
+            return jaxpr
+    return None
+
+
+def _category(dtype: np.dtype) -> str:
+    for kind in (np.bool_, np.complexfloating, np.floating, np.integer):
+        if jax.dtypes.issubdtype(dtype, kind):
+            return kind.__name__
+    return str(dtype)
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+class _Frame:
+    """One jaxpr being walked, and how its inputs connect to the enclosing one."""
+
+    __slots__ = ("blocked", "consts", "inputs", "invars", "jaxpr", "masks", "parent", "producer")
+
+    def __init__(
+        self,
+        jaxpr: Any,
+        parent: _Frame | None,
+        inputs: list[Any],
+        blocked: frozenset[int],
+        masks: dict[Any, int],
+        index: tuple[dict[Any, tuple[Any, int]], dict[Any, int], frozenset[Any]],
+    ) -> None:
+        self.jaxpr = jaxpr
+        self.parent = parent
+        self.inputs = inputs
+        self.blocked = blocked
+        self.masks = masks
+        self.producer, self.invars, self.consts = index
+
+    def mask(self, atom: Any) -> int:
+        return 0 if _is_literal(atom) else self.masks.get(atom, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    """An equation that introduced the drift; `argument` or `blame` say what came in."""
+
+    eqn: Any
+    argument: int | None = None  # a top-level jaxpr input
+    blame: tuple[Any, ...] = ()  # (frame, atoms): other operands to trace back to an argument
+
+
+class _Walker:
+    """Backward walks over one jaxpr, sharing indexes and lineage between leaves."""
+
+    def __init__(self, jaxpr: Any, state_invars: dict[str, int]) -> None:
+        self.deadline = time.perf_counter() + _TIME_LIMIT
+        self.steps = 0
+        self.indexes: dict[int, Any] = {}
+        self.forwards: dict[tuple[int, tuple[int, ...]], Any] = {}
+        self.frames: dict[tuple[int, ...], _Frame] = {}
+        self.bits = {invar: 1 << n for n, invar in enumerate(sorted(set(state_invars.values())))}
+        in_masks = tuple(self.bits.get(i, 0) for i in range(len(jaxpr.invars)))
+        masks = self.forward(jaxpr, in_masks)[0]
+        self.root = _Frame(jaxpr, None, [], frozenset(), masks, self.index(jaxpr))
+
+    def tick(self) -> None:
+        self.steps += 1
+        if not self.steps & 255 and time.perf_counter() > self.deadline:
+            raise _OutOfTime
+
+    def index(self, jaxpr: Any) -> Any:
+        """Producers, input positions and constants of a jaxpr (built once per jaxpr)."""
+        found = self.indexes.get(id(jaxpr))
+        if found is None:
+            producer = {}
+            for eqn in jaxpr.eqns:
+                for k, var in enumerate(eqn.outvars):
+                    producer[var] = (eqn, k)
+            invars = {var: i for i, var in enumerate(jaxpr.invars)}
+            found = (producer, invars, frozenset(jaxpr.constvars))
+            self.indexes[id(jaxpr)] = found
+            self.indexes[-id(jaxpr)] = jaxpr  # keeps the id valid
+        return found
+
+    # -- lineage: which state input leaves each value depends on (bit masks) ------------------
+
+    def forward(
+        self, jaxpr: Any, in_masks: tuple[int, ...]
+    ) -> tuple[dict[Any, int], tuple[int, ...]]:
+        key = (id(jaxpr), in_masks)
+        found = self.forwards.get(key)
+        if found is not None:
+            return found
+        masks = {var: m for var, m in zip(jaxpr.invars, in_masks) if m}
+        get = masks.get
+        for eqn in jaxpr.eqns:
+            ins = tuple(0 if _is_literal(v) else get(v, 0) for v in eqn.invars)
+            if not any(ins):
+                continue
+            self.tick()
+            for var, m in zip(eqn.outvars, self.forward_eqn(eqn, ins)):
+                if m:
+                    masks[var] = m
+        outs = tuple(0 if _is_literal(v) else get(v, 0) for v in jaxpr.outvars)
+        self.forwards[key] = found = (masks, outs)
+        self.indexes[-id(jaxpr)] = jaxpr
+        return found
+
+    def forward_eqn(self, eqn: Any, ins: tuple[int, ...]) -> tuple[int, ...]:
+        name = eqn.primitive.name
+        params = eqn.params
+        if name == "cond":
+            outs = [0] * len(eqn.outvars)
+            for branch in params["branches"]:
+                branch_outs = self.forward(_open(branch), ins[1:])[1]
+                outs = [a | b for a, b in zip(outs, branch_outs)]
+            return tuple(outs)
+        if name in ("while", "scan"):
+            body, body_ins, carry = self.loop_body(eqn, ins)
+            outs = self.forward(body, body_ins)[1]
+            if name == "while":
+                return tuple(body_ins[carry.start :])
+            return tuple(body_ins[carry]) + outs[carry.stop - carry.start :]
+        sub = _call_jaxpr(eqn)
+        if sub is not None:
+            return self.forward(sub, ins)[1]
+        combined = 0
+        for m in ins:
+            combined |= m
+        return (combined,) * len(eqn.outvars)
+
+    def loop_body(self, eqn: Any, ins: tuple[int, ...]) -> tuple[Any, tuple[int, ...], slice]:
+        """A loop's body, the masks of its inputs (carries at their fixpoint), its carry slice."""
+        params = eqn.params
+        if eqn.primitive.name == "while":
+            body = _open(params["body_jaxpr"])
+            skip, consts = params["cond_nconsts"], params["body_nconsts"]
+            body_ins = list(ins[skip:])
+            carry = slice(consts, len(body_ins))
+        else:
+            body = _open(params["jaxpr"])
+            consts, count = params["num_consts"], params["num_carry"]
+            body_ins = list(ins)
+            carry = slice(consts, consts + count)
+        for _ in range(8):
+            outs = self.forward(body, tuple(body_ins))[1]
+            joined = [a | b for a, b in zip(body_ins[carry], outs)]
+            if joined == body_ins[carry]:
+                break
+            body_ins[carry] = joined
+        return body, tuple(body_ins), carry
+
+    def frame(
+        self, parent: _Frame, eqn: Any, jaxpr: Any, inputs: list[Any], blocked: frozenset[int]
+    ) -> _Frame:
+        key = (id(parent), id(eqn), id(jaxpr), hash(blocked))
+        found = self.frames.get(key)
+        if found is None:
+            ins = tuple(parent.mask(v) for v in eqn.invars)
+            if eqn.primitive.name in ("while", "scan"):
+                body_ins = self.loop_body(eqn, ins)[1]
+            elif eqn.primitive.name == "cond":
+                body_ins = ins[1:]
+            else:
+                body_ins = ins
+            masks = self.forward(jaxpr, body_ins)[0]
+            found = _Frame(jaxpr, parent, inputs, blocked, masks, self.index(jaxpr))
+            self.frames[key] = found
+        return found
+
+    # -- the backward walk ----------------------------------------------------------------------
+
+    def locate(
+        self,
+        frame: _Frame,
+        atom: Any,
+        departs: Callable[[Any], bool],
+        invar: int | None,
+        consumer: Any = None,
+    ) -> _Found | None:
+        """The equation that introduced the departure of `atom` (depth first, lineage first)."""
+        bit = self.bits.get(invar, 0) if invar is not None else 0
+        stack: list[Any] = [(frame, atom, consumer)]
+        seen: set[tuple[int, Any]] = set()
+        while stack:
+            item = stack.pop()
+            if isinstance(item, _Found):
+                return item
+            frame, atom, consumer = item
+            self.tick()
+            if _is_literal(atom) or atom in frame.consts:
+                if consumer is not None:
+                    return _Found(consumer)
+                continue
+            key = (id(frame), atom)
+            if key in seen:
+                continue
+            seen.add(key)
+            position = frame.invars.get(atom)
+            if position is not None:
+                if frame.parent is None:
+                    if consumer is not None:
+                        return _Found(consumer, argument=position)
+                elif position not in frame.blocked:
+                    stack.append((frame.parent, frame.inputs[position], consumer))
+                continue
+            produced = frame.producer.get(atom)
+            if produced is not None:
+                self.expand(frame, *produced, atom, consumer, departs, bit, stack)
+        return None
+
+    def expand(
+        self,
+        frame: _Frame,
+        eqn: Any,
+        k: int,
+        atom: Any,
+        consumer: Any,
+        departs: Callable[[Any], bool],
+        bit: int,
+        stack: list[Any],
+    ) -> None:
+        """Pushes what to look at next for output `k` of `eqn` (last pushed is looked at first)."""
+        name = eqn.primitive.name
+        params = eqn.params
+        if name == "cond":
+            for branch in reversed(params["branches"]):
+                jaxpr = _open(branch)
+                inner = jaxpr.outvars[k]
+                if departs(inner.aval):
+                    sub = self.frame(frame, eqn, jaxpr, eqn.invars[1:], frozenset())
+                    stack.append((sub, inner, consumer))
+            return
+        if name in ("while", "scan"):
+            if name == "while":
+                skip, consts = params["cond_nconsts"], params["body_nconsts"]
+                body, inputs = _open(params["body_jaxpr"]), eqn.invars[skip:]
+                carries = len(eqn.outvars)
+            else:
+                skip, consts = 0, params["num_consts"]
+                body, inputs = _open(params["jaxpr"]), eqn.invars
+                carries = params["num_carry"]
+            blocked = frozenset()
+            if k < carries:  # a carry keeps its type around the loop: else it came in with it
+                stack.append((frame, inputs[consts + k], consumer))
+                blocked = frozenset(range(consts, consts + carries))
+            inner = body.outvars[k]
+            if departs(inner.aval):
+                stack.append((self.frame(frame, eqn, body, inputs, blocked), inner, consumer))
+            return
+        sub = _call_jaxpr(eqn)
+        if sub is not None:
+            inner = sub.outvars[k]
+            stack.append((self.frame(frame, eqn, sub, eqn.invars, frozenset()), inner, consumer))
+            return
+        self.expand_plain(frame, eqn, atom, departs, bit, stack)
+
+    def expand_plain(
+        self,
+        frame: _Frame,
+        eqn: Any,
+        atom: Any,
+        departs: Callable[[Any], bool],
+        bit: int,
+        stack: list[Any],
+    ) -> None:
+        out_dtype = atom.aval.dtype
+        conversion = eqn.primitive.name == "convert_element_type"
+        candidates: list[Any] = []
+        for x in eqn.invars:
+            aval = getattr(x, "aval", None)
+            dtype = getattr(aval, "dtype", None)
+            if dtype is None or not departs(aval) or any(x is c for c in candidates):
+                continue
+            if (_category(dtype) != _category(out_dtype)) if conversion else dtype != out_dtype:
+                continue
+            candidates.append(x)
+        if not candidates:
+            stack.append(_Found(eqn))
+            return
+        strong = [x for x in candidates if not getattr(x.aval, "weak_type", False)]
+        # Values before constants: a value may lead back to an argument.
+        candidates = sorted(strong or candidates, key=lambda x: _is_literal(x) or x in frame.consts)
+        several = len(candidates) > 1
+
+        def promoted(x: Any) -> bool:
+            # JAX's implicit promotion converts each operand on the line that mixed them.
+            produced = None if _is_literal(x) else frame.producer.get(x)
+            return (
+                several
+                and produced is not None
+                and (produced[0].primitive.name == "convert_element_type")
+            )
+
+        if bit and frame.mask(atom) & bit:
+            lineage = [x for x in candidates if frame.mask(x) & bit]
+            others = tuple(x for x in candidates if not frame.mask(x) & bit)
+            stack.append(_Found(eqn, blame=(frame, *others) if others else ()))
+            for x in reversed([x for x in lineage if not promoted(x)]):
+                stack.append((frame, x, eqn))
+            return
+        followed = [x for x in candidates if not promoted(x)]
+        if not followed:
+            stack.append(_Found(eqn, blame=(frame, *candidates)))
+            return
+        for x in reversed(followed):
+            stack.append((frame, x, eqn))
+
+    def argument(self, found: _Found) -> int | None:
+        """The top-level input the drift came from, if it came from one."""
+        if found.argument is not None or not found.blame:
+            return found.argument
+        frame, *atoms = found.blame
+        for atom in atoms:
+            produced = None if _is_literal(atom) else frame.producer.get(atom)
+            if produced is not None and produced[0].primitive.name == "convert_element_type":
+                atom = produced[0].invars[0]  # look through JAX's promotion of the operand
+            dtype = getattr(getattr(atom, "aval", None), "dtype", None)
+            if dtype is None:
+                continue
+            same = lambda aval, dtype=dtype: getattr(aval, "dtype", None) == dtype  # noqa: E731
+            traced = self.locate(frame, atom, same, None, consumer=found.eqn)
+            if traced is not None and traced.argument is not None:
+                return traced.argument
+        return None

@@ -61,7 +61,8 @@ class LeafSignature(NamedTuple):
         return cls(tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval))
 
     def __str__(self) -> str:
-        text = f"{self.dtype}[{','.join(map(str, self.shape))}]"
+        dtype = "float0" if self.dtype == jax.dtypes.float0 else self.dtype
+        text = f"{dtype}[{','.join(map(str, self.shape))}]"
         if self.weak_type:
             text = "weak " + text
         if self.sharding is not None:

@@ -215,7 +215,8 @@ def _totals(results: Sequence[Any], dtypes: Sequence[str]) -> str:
     for result in results:
         counts[result.status] += 1
     cases = len(results) // max(len(dtypes), 1)
-    return f"{cases} cases x {len(dtypes)} dtypes: " + ", ".join(
+    plural = "" if cases == 1 else "s"
+    return f"{cases} case{plural} x {len(dtypes)} dtypes: " + ", ".join(
         f"{n} {status}" for status, n in counts.items()
     )
 
@@ -306,7 +307,7 @@ def _print_rich_table(results: Sequence[Any], dtypes: Sequence[str], stream: IO[
         for title, block in details:
             console.print(f"[bold]{title}[/]:", markup=True)
             for line in block:
-                console.print(f"  {line}", markup=False)
+                console.print(f"  {line}", markup=False, soft_wrap=True)
     console.print("\n" + _totals(results, dtypes), markup=False)
 
 

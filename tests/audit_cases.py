@@ -28,6 +28,14 @@ def make_cases():
     return [STABLE, DRIFTING]
 
 
+def _count(state):
+    return state + jnp.ones((), state.dtype)  # a weak count becomes strong
+
+
+WEAK = Case("count", _count, lambda dtype: jnp.asarray(0))
+weak = [WEAK]
+
+
 def _raises(state):
     raise RuntimeError("boom")
 

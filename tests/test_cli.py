@@ -1,0 +1,289 @@
+"""`jax-dtypeguard audit`: outputs, exit statuses, bad usage, progress."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import jax_dtypeguard
+from jax_dtypeguard import _cli
+
+CASES = "tests.audit_cases:cases"
+TWO = ["--dtypes", "float16,float32"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch):
+    """Targets `tests.audit_cases:...` import from the repository root."""
+    monkeypatch.chdir(ROOT)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def audit(capsys, *args):
+    status = _cli.main(["audit", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# --- table --------------------------------------------------------------------
+
+
+def test_table_rows_columns_details_and_totals(capsys):
+    status, out, err = audit(capsys, CASES)
+    assert status == 1
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0].split() == ["case", "float16", "bfloat16", "float32", "float64"]
+    assert lines[2].split() == ["decay", "ok", "ok", "ok", "ok"]
+    assert lines[3].split() == [
+        "promote",
+        "dtype:",
+        "state",
+        "f16->f32",
+        "dtype:",
+        "state",
+        "bf16->f32",
+        "ok",
+        "ok",
+    ]
+    assert "Details:" in out
+    assert "promote (float16):" in out
+    assert "  state: float16[3] -> float32[3]  (first at add" in out
+    assert "[dtype]" in out
+    assert out.rstrip().endswith("2 cases x 4 dtypes: 6 ok, 2 drift, 0 skipped, 0 error")
+
+
+def test_stable_target_exits_0_without_details(capsys):
+    status, out, _ = audit(capsys, "tests.audit_cases:stable")
+    assert status == 0
+    assert "Details:" not in out
+    assert "1 case x 4 dtypes: 4 ok, 0 drift, 0 skipped, 0 error" in out
+
+
+def test_several_targets_and_a_callable_target(capsys):
+    status, out, _ = audit(capsys, "tests.audit_cases:stable", "tests.audit_cases:make_cases", *TWO)
+    assert status == 1
+    rows = [line.split()[0] for line in out.splitlines()[2:5]]
+    assert rows == ["decay", "decay", "promote"]
+
+
+def test_weak_type_count_summary_and_no_weak_type(capsys):
+    status, out, _ = audit(capsys, "tests.audit_cases:weak", "--dtypes", "float32")
+    assert status == 1
+    assert "weak_type: state weak->strong" in out
+    assert "state: weak int32[] -> int32[]" in out
+    status, out, _ = audit(
+        capsys, "tests.audit_cases:weak", "--dtypes", "float32", "--no-weak-type"
+    )
+    assert status == 0
+    assert out.splitlines()[2].split() == ["count", "ok"]
+
+
+def test_a_case_that_raises_is_an_error_and_exits_1(capsys):
+    status, out, _ = audit(capsys, "tests.audit_cases:broken", "--dtypes", "float32")
+    assert status == 1
+    assert out.splitlines()[2].split() == ["boom", "error"]
+    assert "error: Case 'boom' at dtype float32" in out
+    assert "RuntimeError: boom" in out
+
+
+# --- markdown and JSON ----------------------------------------------------------
+
+
+def test_markdown(capsys):
+    status, out, _ = audit(capsys, CASES, "--format", "markdown", *TWO)
+    assert status == 1
+    lines = out.splitlines()
+    assert lines[0] == "| case | float16 | float32 |"
+    assert lines[1] == "| --- | --- | --- |"
+    assert lines[2] == "| `decay` | ok | ok |"
+    assert lines[3] == "| `promote` | dtype: state f16->f32 | ok |"
+    assert "### Details" in out
+    assert "- **promote (float16)**" in out
+    assert "  - `state: float16[3] -> float32[3]  (first at add" in out
+
+
+def test_json_document(capsys):
+    status, out, err = audit(capsys, CASES, "--format", "json", *TWO)
+    assert status == 1
+    assert err == ""
+    document = json.loads(out)
+    assert set(document) == {"jax_dtypeguard", "cases"}
+    assert document["jax_dtypeguard"] == jax_dtypeguard.__version__
+    cases = document["cases"]
+    assert [(c["name"], c["dtype"], c["status"]) for c in cases] == [
+        ("decay", "float16", "ok"),
+        ("decay", "float32", "ok"),
+        ("promote", "float16", "drift"),
+        ("promote", "float32", "ok"),
+    ]
+    for case in cases:
+        assert set(case) == {"name", "dtype", "status", "reason", "mismatches", "compiles"}
+        assert case["compiles"] is None
+        assert case["reason"] is None
+    (mismatch,) = cases[2]["mismatches"]
+    assert set(mismatch) == {"path", "kind", "expected", "got", "origin"}
+    assert mismatch["path"] == "state"
+    assert mismatch["kind"] == "dtype"
+    assert mismatch["expected"] == "float16[3]"
+    assert mismatch["got"] == "float32[3]"
+    assert mismatch["origin"] is None or mismatch["origin"].startswith("first at ")
+
+
+def test_json_error_and_jit_compiles(capsys):
+    status, out, _ = audit(
+        capsys, "tests.audit_cases:broken", "tests.audit_cases:cases", "--format", "json", "--jit"
+    )
+    assert status == 1
+    cases = {(c["name"], c["dtype"]): c for c in json.loads(out)["cases"]}
+    assert cases["boom", "float32"]["status"] == "error"
+    assert "RuntimeError: boom" in cases["boom", "float32"]["reason"]
+    assert cases["boom", "float32"]["compiles"] is None
+    assert cases["decay", "float16"]["compiles"] == 1
+    assert cases["decay", "float64"]["compiles"] == 1
+    promote = cases["promote", "float16"]
+    assert promote["compiles"] == 2
+    assert promote["reason"].startswith("compiled 2 times in 3 jitted steps")
+
+
+def test_jit_compile_drift_alone_is_drift(capsys):
+    status, out, _ = audit(capsys, "tests.audit_cases:weak", "--dtypes", "float32", "--jit")
+    assert status == 1
+    assert "weak_type: state weak->strong; 2 compiles" in out
+    assert "note: compiled 2 times in 3 jitted steps" in out
+
+
+def test_cast_verification(capsys):
+    status, out, _ = audit(capsys, CASES, "--cast", *TWO)
+    assert status == 1
+    assert "dtype: state f16->f32; cast fixes" in out
+    assert "note: cast mode repairs every drift" in out
+    status, out, _ = audit(capsys, CASES, "--cast", "--format", "json", *TWO)
+    promote = json.loads(out)["cases"][2]
+    assert promote["reason"] == "cast mode repairs every drift"
+
+
+def test_output_file(capsys, tmp_path):
+    target = tmp_path / "audit.json"
+    status, out, err = audit(capsys, CASES, "--format", "json", "--output", str(target), *TWO)
+    assert status == 1
+    assert out == err == ""
+    assert len(json.loads(target.read_text())["cases"]) == 4
+
+
+# --- bad usage ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["no_such_module_xyz:cases"], "cannot import 'no_such_module_xyz'"),
+        (["tests.audit_cases"], "is not of the form module:attribute"),
+        (["tests.audit_cases:nothing"], "has no attribute 'nothing'"),
+        (["tests.audit_cases:not_cases"], "not a jax_dtypeguard.testing.Case"),
+        ([CASES, "--dtypes", "float17"], "unknown dtype 'float17'"),
+        ([CASES, "--dtypes", ","], "--dtypes needs at least one dtype name"),
+        ([CASES, "--grads-dtype", "float32"], "--grads-dtype applies to the 'optax' target"),
+        ([CASES, "--format", "xml"], "invalid choice: 'xml'"),
+        ([CASES, "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        ([CASES, "--output", "/no/such/dir/out.txt"], "cannot write --output"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(capsys, args, fragment):
+    status, out, err = audit(capsys, *args)
+    assert status == 2
+    assert out == ""
+    assert err.startswith("jax-dtypeguard: error: ")
+    assert fragment in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert _cli.main([]) == 2
+    assert "audit" in capsys.readouterr().err
+
+
+def test_version_and_help(capsys):
+    assert _cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"jax-dtypeguard {jax_dtypeguard.__version__}\n"
+    assert _cli.main(["audit", "--help"]) == 0
+    text = capsys.readouterr().out
+    for fragment in ("--dtypes", "--grads-dtype", "--jit", "--cast", "exit status", "optax"):
+        assert fragment in text
+
+
+# --- terminals ------------------------------------------------------------------
+
+
+def test_no_progress_when_not_a_tty(capsys):
+    _, _, err = audit(capsys, CASES, *TWO)
+    assert err == ""
+
+
+def test_progress_bar_and_rich_table_on_a_terminal(monkeypatch):
+    pytest.importorskip("rich")
+    out, err = _Terminal(), _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert _cli.main(["audit", CASES, *TWO]) == 1
+    assert "auditing" in err.getvalue()
+    table = out.getvalue()
+    assert "┃" in table and "promote" in table  # drawn by rich
+    assert "state: float16[3] -> float32[3]" in table
+
+
+def test_no_progress_for_json_on_a_terminal(monkeypatch):
+    out, err = _Terminal(), _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert _cli.main(["audit", CASES, "--format", "json", *TWO]) == 1
+    assert err.getvalue() == ""
+    json.loads(out.getvalue())
+
+
+def test_plain_progress_and_table_without_rich(monkeypatch):
+    for name in ("rich", "rich.progress", "rich.console", "rich.table"):
+        monkeypatch.setitem(sys.modules, name, None)  # import rich -> ImportError
+    out, err = _Terminal(), _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert _cli.main(["audit", CASES, *TWO]) == 1
+    assert "auditing 4/4" in err.getvalue()
+    assert out.getvalue().splitlines()[0].split() == ["case", "float16", "float32"]
+
+
+# --- end to end -----------------------------------------------------------------
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "jax_dtypeguard", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_python_m_audit_user_target():
+    done = _run("audit", CASES, *TWO)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[3].split()[:4] == ["promote", "dtype:", "state", "f16->f32"]
+    assert done.stderr == ""
+
+
+def test_python_m_bad_target_has_no_traceback():
+    done = _run("audit", "no_such_module_xyz:cases")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("jax-dtypeguard: error: cannot import 'no_such_module_xyz'")
+    assert "Traceback" not in done.stderr

@@ -310,16 +310,20 @@ def _is_literal(atom: Any) -> bool:
 
 def _open(jaxpr: Any) -> Any:
     """The open jaxpr of a `Jaxpr` or `ClosedJaxpr` parameter, else None."""
-    if hasattr(jaxpr, "eqns"):
-        return jaxpr
-    inner = getattr(jaxpr, "jaxpr", None)
-    return inner if hasattr(inner, "eqns") else None
+    if hasattr(jaxpr, "consts"):  # a ClosedJaxpr
+        jaxpr = jaxpr.jaxpr
+    return jaxpr if hasattr(jaxpr, "eqns") and hasattr(jaxpr, "invars") else None
 
 
 def _call_jaxpr(eqn: Any) -> Any:
     """The jaxpr of a call-like equation whose inputs and outputs map one to one."""
+    params = eqn.params
+    if not params:
+        return None
     for name in _CALL_PARAMS:
-        jaxpr = _open(eqn.params.get(name))
+        if name not in params:
+            continue
+        jaxpr = _open(params[name])
         if (
             jaxpr is not None
             and len(jaxpr.invars) == len(eqn.invars)
@@ -595,41 +599,46 @@ class _Walker:
         for x in eqn.invars:
             aval = getattr(x, "aval", None)
             dtype = getattr(aval, "dtype", None)
-            if dtype is None or not departs(aval) or any(x is c for c in candidates):
+            if dtype is None or not departs(aval):
                 continue
             if (_category(dtype) != _category(out_dtype)) if conversion else dtype != out_dtype:
                 continue
-            candidates.append(x)
+            if not candidates or all(x is not c for c in candidates):
+                candidates.append(x)
         if not candidates:
             stack.append(_Found(eqn))
             return
-        strong = [x for x in candidates if not getattr(x.aval, "weak_type", False)]
-        # Values before constants: a value may lead back to an argument.
-        candidates = sorted(strong or candidates, key=lambda x: _is_literal(x) or x in frame.consts)
-        several = len(candidates) > 1
-
-        def promoted(x: Any) -> bool:
-            # JAX's implicit promotion converts each operand on the line that mixed them.
-            produced = None if _is_literal(x) else frame.producer.get(x)
-            return (
-                several
-                and produced is not None
-                and (produced[0].primitive.name == "convert_element_type")
-            )
-
+        if len(candidates) > 1:
+            # A weak operand does not decide a promotion; values before constants (a value
+            # may lead back to an argument); JAX's implicit promotion converts each operand
+            # on the line that mixed them: such a conversion is not where the drift began.
+            strong = [x for x in candidates if not getattr(x.aval, "weak_type", False)]
+            candidates = sorted(strong or candidates, key=lambda x: self.constant(frame, x))
+            promoted = [x for x in candidates if self.converted(frame, x)]
+        else:
+            promoted = []
         if bit and frame.mask(atom) & bit:
-            lineage = [x for x in candidates if frame.mask(x) & bit]
             others = tuple(x for x in candidates if not frame.mask(x) & bit)
             stack.append(_Found(eqn, blame=(frame, *others) if others else ()))
-            for x in reversed([x for x in lineage if not promoted(x)]):
-                stack.append((frame, x, eqn))
+            for x in reversed(candidates):
+                if frame.mask(x) & bit and all(x is not p for p in promoted):
+                    stack.append((frame, x, eqn))
             return
-        followed = [x for x in candidates if not promoted(x)]
+        followed = [x for x in candidates if all(x is not p for p in promoted)]
         if not followed:
             stack.append(_Found(eqn, blame=(frame, *candidates)))
             return
         for x in reversed(followed):
             stack.append((frame, x, eqn))
+
+    @staticmethod
+    def constant(frame: _Frame, atom: Any) -> bool:
+        return _is_literal(atom) or atom in frame.consts
+
+    @staticmethod
+    def converted(frame: _Frame, atom: Any) -> bool:
+        produced = None if _is_literal(atom) else frame.producer.get(atom)
+        return produced is not None and produced[0].primitive.name == "convert_element_type"
 
     def argument(self, found: _Found) -> int | None:
         """The top-level input the drift came from, if it came from one."""

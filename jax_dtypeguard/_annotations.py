@@ -61,9 +61,18 @@ def dimension_bindings() -> dict[str, Any]:
 _CACHE_LIMIT = 4096
 _NONE_TYPE = type(None)
 _UNIONS = (typing.Union, types.UnionType)
-_SEQUENCES = (list, collections.abc.Sequence, collections.abc.MutableSequence)
+_SEQUENCES = (
+    list,
+    collections.abc.Sequence,
+    collections.abc.MutableSequence,
+    collections.abc.Iterable,
+    collections.abc.Collection,
+)
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 _LEAVES = (jax.Array, np.ndarray, np.generic, bool, int, float, complex, str, bytes, type(None))
+# TypeVars, and forward references left inside resolved hints (recursive
+# aliases such as chex's `ArrayTree`): checked by value only.
+_OPEN = (typing.TypeVar, typing.ForwardRef)
 _PREFIX = re.compile(r"\b(?:[a-z_]\w*\.)+(?=[A-Za-z_])")
 
 
@@ -150,7 +159,10 @@ def _resolve(raw: dict[str, Any], globalns: dict[str, Any], localns: dict[str, A
         try:
             hints[name] = typing.get_type_hints(stub, globalns, localns, include_extras=True)[name]
         except Exception as error:  # any failure to evaluate a hint
-            hints[name] = _Unresolved(f"{type(error).__name__}: {error}")
+            if isinstance(annotation, (str, typing.ForwardRef)):
+                hints[name] = _Unresolved(f"{type(error).__name__}: {error}")
+            else:  # an object with a forward reference inside: check what it can
+                hints[name] = annotation
     return hints
 
 
@@ -195,8 +207,7 @@ def _record(cls: type) -> _Record:
     fields = []
     for name in names:
         hint = resolved.get(name, raw.get(name))
-        written = raw.get(name)
-        text = hint_text(written if isinstance(written, (str, typing.ForwardRef)) else hint)
+        text = hint_text(raw.get(name, hint))
         fields.append(_Field(name, hint, text, f"{cls.__qualname__}.{name}"))
     record = _Record(tuple(fields), is_tuple, bool(names) and not raw)
     try:
@@ -232,7 +243,7 @@ class _Walk:
         self.mismatches.append(Mismatch(path, "annotation", text, got))
 
     def walk(self, path: str, value: Any, hint: Any, text: str, owner: str) -> None:
-        if hint is None or hint is Any or hint is object or isinstance(hint, typing.TypeVar):
+        if hint is None or hint is Any or hint is object or isinstance(hint, _OPEN):
             self.by_value(path, value)
             return
         if isinstance(hint, _Unresolved):
@@ -261,7 +272,7 @@ class _Walk:
                 self.by_value(path, value)
         elif origin is tuple:
             self.tuple(path, value, typing.get_args(hint), text, owner)
-        elif origin in _SEQUENCES and not isinstance(value, (str, bytes)):
+        elif origin in _SEQUENCES and isinstance(value, (list, tuple)):
             if not isinstance(value, origin):
                 self.fail(path, text, value)
                 return
@@ -285,7 +296,9 @@ class _Walk:
 
     def bear(self, path: str, value: Any, hint: Any, text: str, owner: str) -> bool:
         try:
-            ok = is_bearable(value, hint)
+            with warnings.catch_warnings():  # beartype's deprecation notes on typing hints
+                warnings.simplefilter("ignore")
+                ok = is_bearable(value, hint)
         except Exception as error:  # beartype cannot check this hint
             self.problem(owner, text, f"{type(error).__name__}: {error}".split("\n")[0])
             return True
@@ -440,13 +453,13 @@ class _Checker:
         for name, raw in self.raw.items():
             if name == "return" or name not in kinds:
                 continue
-            text = raw if isinstance(raw, str) else hint_text(hints.get(name, raw))
+            text = hint_text(raw)
             owner = f"parameter '{name}' of {self.name}"
             parameters[name] = (kinds[name], hints.get(name, raw), text, owner)
         returns = None
         if "return" in self.raw:
             raw = self.raw["return"]
-            text = raw if isinstance(raw, str) else hint_text(hints.get("return", raw))
+            text = hint_text(raw)
             returns = (hints.get("return", raw), text, f"the return value of {self.name}")
         self.plan = _Plan(signature, parameters, returns)
         return self.plan

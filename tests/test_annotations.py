@@ -625,3 +625,23 @@ def test_hint_text():
     assert _annotations.hint_text(Optional[State]) == "Optional[State]"
     assert _annotations.hint_text(tuple[State, int]) == "tuple[State, int]"
     assert _annotations.hint_text(Float32[Array, "n"] | None) == "Float32[Array, 'n'] | None"
+
+
+def test_real_optax_annotations_check_without_warnings():
+    optax = pytest.importorskip("optax")
+    from optax._src import base
+
+    tx = optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(0.1))
+    params = {"w": jnp.zeros(3), "b": [jnp.zeros(2)]}
+
+    @state_dtype_invariant(state="opt_state", out=1)
+    def update(
+        updates: base.Updates, opt_state: base.OptState, params: base.Params | None = None
+    ) -> tuple[base.Updates, base.OptState]:
+        return tx.update(updates, opt_state, params)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, state = update(params, tx.init(params))
+        _, state = jax.jit(update)(params, state)
+    assert int(state[0].count) == 2

@@ -115,6 +115,8 @@ def load_target(spec: str) -> list[Case | Skipped]:
     if isinstance(value, Case):
         value = [value]
     try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
         items = list(value)
     except TypeError:
         raise UsageError(

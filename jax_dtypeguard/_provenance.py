@@ -222,7 +222,11 @@ class _Traced:
             keywords = {
                 slot: v for (slot, _, _), v in zip(slot_items[positional:], values[positional:])
             }
-            return fn(*values[:positional], **keywords)
+            if arrays_dynamic:
+                return fn(*values[:positional], **keywords)
+            # Concrete arguments stay concrete, for Python control flow on them.
+            with jax.ensure_compile_time_eval():
+                return fn(*values[:positional], **keywords)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -251,7 +255,13 @@ class _Traced:
         argument = walker.argument(found)
         if argument is not None and argument == invar:
             argument = None
-        file, line, function = _user_location(found.eqn) or (None, None, None)
+        # A jaxpr traced inside `jit` records frames up to the jit only: then the
+        # enclosing equations say where.
+        location, eqn, frame = None, found.eqn, found.frame
+        while location is None and eqn is not None:
+            location = _user_location(eqn)
+            eqn, frame = frame.eqn, frame.parent
+        file, line, function = location or (None, None, None)
         label = None if argument is None else self.labels[argument]
         return Origin(found.eqn.primitive.name, file, line, function, label)
 
@@ -347,7 +357,17 @@ class _OutOfTime(Exception):
 class _Frame:
     """One jaxpr being walked, and how its inputs connect to the enclosing one."""
 
-    __slots__ = ("blocked", "consts", "inputs", "invars", "jaxpr", "masks", "parent", "producer")
+    __slots__ = (
+        "blocked",
+        "consts",
+        "eqn",
+        "inputs",
+        "invars",
+        "jaxpr",
+        "masks",
+        "parent",
+        "producer",
+    )
 
     def __init__(
         self,
@@ -357,7 +377,9 @@ class _Frame:
         blocked: frozenset[int],
         masks: dict[Any, int],
         index: tuple[dict[Any, tuple[Any, int]], dict[Any, int], frozenset[Any]],
+        eqn: Any = None,
     ) -> None:
+        self.eqn = eqn  # the equation of `parent` whose jaxpr this is
         self.jaxpr = jaxpr
         self.parent = parent
         self.inputs = inputs
@@ -374,6 +396,7 @@ class _Found:
     """An equation that introduced the drift; `argument` or `blame` say what came in."""
 
     eqn: Any
+    frame: _Frame
     argument: int | None = None  # a top-level jaxpr input
     blame: tuple[Any, ...] = ()  # (frame, atoms): other operands to trace back to an argument
 
@@ -493,7 +516,7 @@ class _Walker:
             else:
                 body_ins = ins
             masks = self.forward(jaxpr, body_ins)[0]
-            found = _Frame(jaxpr, parent, inputs, blocked, masks, self.index(jaxpr))
+            found = _Frame(jaxpr, parent, inputs, blocked, masks, self.index(jaxpr), eqn)
             self.frames[key] = found
         return found
 
@@ -505,7 +528,7 @@ class _Walker:
         atom: Any,
         departs: Callable[[Any], bool],
         invar: int | None,
-        consumer: Any = None,
+        consumer: tuple[Any, _Frame] | None = None,
     ) -> _Found | None:
         """The equation that introduced the departure of `atom` (depth first, lineage first)."""
         bit = self.bits.get(invar, 0) if invar is not None else 0
@@ -519,7 +542,7 @@ class _Walker:
             self.tick()
             if _is_literal(atom) or atom in frame.consts:
                 if consumer is not None:
-                    return _Found(consumer)
+                    return _Found(*consumer)
                 continue
             key = (id(frame), atom)
             if key in seen:
@@ -529,7 +552,7 @@ class _Walker:
             if position is not None:
                 if frame.parent is None:
                     if consumer is not None:
-                        return _Found(consumer, argument=position)
+                        return _Found(*consumer, argument=position)
                 elif position not in frame.blocked:
                     stack.append((frame.parent, frame.inputs[position], consumer))
                 continue
@@ -570,11 +593,15 @@ class _Walker:
                 body, inputs = _open(params["jaxpr"]), eqn.invars
                 carries = params["num_carry"]
             blocked = frozenset()
-            if k < carries:  # a carry keeps its type around the loop: else it came in with it
+            inner = body.outvars[k]
+            walk_body = departs(inner.aval)
+            if k < carries:
+                # The carry came in drifted, unless the body changed it (only a weak type
+                # can change around a loop): then the drift is in the body.
                 stack.append((frame, inputs[consts + k], consumer))
                 blocked = frozenset(range(consts, consts + carries))
-            inner = body.outvars[k]
-            if departs(inner.aval):
+                walk_body = walk_body and not departs(body.invars[consts + k].aval)
+            if walk_body:
                 stack.append((self.frame(frame, eqn, body, inputs, blocked), inner, consumer))
             return
         sub = _call_jaxpr(eqn)
@@ -606,7 +633,7 @@ class _Walker:
             if not candidates or all(x is not c for c in candidates):
                 candidates.append(x)
         if not candidates:
-            stack.append(_Found(eqn))
+            stack.append(_Found(eqn, frame))
             return
         if len(candidates) > 1:
             # A weak operand does not decide a promotion; values before constants (a value
@@ -619,17 +646,17 @@ class _Walker:
             promoted = []
         if bit and frame.mask(atom) & bit:
             others = tuple(x for x in candidates if not frame.mask(x) & bit)
-            stack.append(_Found(eqn, blame=(frame, *others) if others else ()))
+            stack.append(_Found(eqn, frame, blame=(frame, *others) if others else ()))
             for x in reversed(candidates):
                 if frame.mask(x) & bit and all(x is not p for p in promoted):
-                    stack.append((frame, x, eqn))
+                    stack.append((frame, x, (eqn, frame)))
             return
         followed = [x for x in candidates if all(x is not p for p in promoted)]
         if not followed:
-            stack.append(_Found(eqn, blame=(frame, *candidates)))
+            stack.append(_Found(eqn, frame, blame=(frame, *candidates)))
             return
         for x in reversed(followed):
-            stack.append((frame, x, eqn))
+            stack.append((frame, x, (eqn, frame)))
 
     @staticmethod
     def constant(frame: _Frame, atom: Any) -> bool:
@@ -653,7 +680,7 @@ class _Walker:
             if dtype is None:
                 continue
             same = lambda aval, dtype=dtype: getattr(aval, "dtype", None) == dtype  # noqa: E731
-            traced = self.locate(frame, atom, same, None, consumer=found.eqn)
+            traced = self.locate(frame, atom, same, None, consumer=(found.eqn, found.frame))
             if traced is not None and traced.argument is not None:
                 return traced.argument
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -13,6 +14,7 @@ from ._compat import Tracer, explicit_sharding, get_aval
 _PYTHON_SCALARS = (bool, int, float, complex)
 # Types seen to carry a JAX aval in `.aval` (arrays and tracers), learnt lazily.
 _AVAL_TYPES: set[type] = set()
+_aval_of = operator.attrgetter("aval")
 
 
 class NotALeafError(TypeError):
@@ -87,5 +89,9 @@ def leaf_keys(leaves: Sequence[Any]) -> tuple[Any, ...]:
     Equal keys mean equal signatures; unequal keys are settled by comparing
     `LeafSignature`s. This is the eager fast path and the cache key.
     """
+    try:  # all arrays or tracers, the usual case: one C-level pass
+        return tuple(map(_aval_of, leaves))
+    except AttributeError:
+        pass
     aval_types = _AVAL_TYPES
     return tuple([x.aval if type(x) in aval_types else _slow_key(x) for x in leaves])

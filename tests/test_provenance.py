@@ -58,16 +58,16 @@ def test_argument_promotes_state(transform):
     assert expected in str(error).splitlines()
 
 
-def test_message_line_without_argument():
-    @state_dtype_invariant
-    def step(state):
-        return state.astype(jnp.float32)  # line format
+@state_dtype_invariant
+def step_astype(state):
+    return state.astype(jnp.float32)  # line format
 
-    error, _ = origins(step, jnp.ones(3, jnp.float16))
+
+def test_message_line_without_argument():
+    error, _ = origins(step_astype, jnp.ones(3, jnp.float16))
     line = f"{HERE}:{line_of('line format')}"
     expected = (
-        f"  state: float16[3] -> float32[3]  (first at convert_element_type, "
-        f"{line} in test_message_line_without_argument.<locals>.step)"
+        f"  state: float16[3] -> float32[3]  (first at convert_element_type, {line} in step_astype)"
     )
     assert expected in str(error).splitlines()
 
@@ -170,7 +170,11 @@ def test_drift_inside_jitted_inner_function():
         return descend(state, grad)
 
     _, (origin,) = origins(step, jnp.ones(3, jnp.bfloat16), jnp.ones(3, jnp.float32))
-    assert (origin.primitive, origin.line, origin.argument) == ("sub", line_of("inside jit"), "grad")
+    assert (origin.primitive, origin.line, origin.argument) == (
+        "sub",
+        line_of("inside jit"),
+        "grad",
+    )
     assert origin.function.endswith("descend")
 
 

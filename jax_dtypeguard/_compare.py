@@ -104,26 +104,38 @@ def _one_level(node: Any) -> tuple[dict[str, Any], Any]:
     return {_tree.keystr(path): child for path, child in entries}, treedef
 
 
-def _compare_flat(a: Any, b: Any, root: str, weak_type: bool, found: list[Mismatch]) -> None:
+def _compare_flat(
+    a: Any, b: Any, root: str, weak_type: bool, found: list[Mismatch], unfixable: list[Mismatch]
+) -> None:
     entries, _ = _tree.tree_flatten_with_path(a)
     for (path, leaf_a), leaf_b in zip(entries, _tree.tree_leaves(b)):
-        found.extend(compare_leaves(root + _tree.keystr(path), leaf_a, leaf_b, weak_type))
+        leaf_found = compare_leaves(root + _tree.keystr(path), leaf_a, leaf_b, weak_type)
+        found.extend(leaf_found)
+        if leaf_found and not _is_castable(leaf_a, leaf_b, leaf_found):
+            unfixable.extend(leaf_found)
 
 
-def _walk(a: Any, b: Any, path: str, weak_type: bool, found: list[Mismatch]) -> None:
+def _walk(
+    a: Any, b: Any, path: str, weak_type: bool, found: list[Mismatch], unfixable: list[Mismatch]
+) -> None:
+    """Compares subtrees that differ in structure; `unfixable` gets what no cast fixes."""
     if _tree.tree_structure(a) == _tree.tree_structure(b):
-        _compare_flat(a, b, path, weak_type, found)
+        _compare_flat(a, b, path, weak_type, found, unfixable)
         return
     if a is None or b is None or _is_leaf(a) or _is_leaf(b):
-        found.append(Mismatch(path, "structure", _describe(a, path), _describe(b, path)))
+        mismatch = Mismatch(path, "structure", _describe(a, path), _describe(b, path))
+        found.append(mismatch)
+        unfixable.append(mismatch)
         return
     children_a, level_a = _one_level(a)
     children_b, level_b = _one_level(b)
     if level_a != level_b:
-        found.append(Mismatch(path, "structure", _describe(a, path), _describe(b, path)))
+        mismatch = Mismatch(path, "structure", _describe(a, path), _describe(b, path))
+        found.append(mismatch)
+        unfixable.append(mismatch)
     for key, child in children_a.items():
         if key in children_b:
-            _walk(child, children_b[key], path + key, weak_type, found)
+            _walk(child, children_b[key], path + key, weak_type, found, unfixable)
 
 
 def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = True) -> Verdict:
@@ -132,9 +144,9 @@ def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = T
     tree_in = _tree.tree_structure(state_in)
     leaves_out, tree_out = _tree.tree_flatten(state_out)
     if tree_in != tree_out:
-        _walk(state_in, state_out, root, weak_type, found)
-        unfixable = tuple(m for m in found if m.kind not in CASTABLE_KINDS)
-        return Verdict(tuple(found), (), unfixable)
+        unfixable: list[Mismatch] = []
+        _walk(state_in, state_out, root, weak_type, found, unfixable)
+        return Verdict(tuple(found), (), tuple(unfixable))
     entries, _ = _tree.tree_flatten_with_path(state_in)
     castable, uncastable = [], []
     for index, ((path, a), b) in enumerate(zip(entries, leaves_out)):

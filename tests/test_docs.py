@@ -1,0 +1,193 @@
+"""Every Python example in README.md and docs/*.md runs, and prints what the page shows.
+
+The convention, per page:
+
+- each fenced ```` ```python ```` block runs, in order, in one fresh module
+  namespace for the page (so a block can use what an earlier one defined);
+- a ```` ```text ```` block directly after a Python block (nothing but blank
+  lines between them) is that block's exact standard output, compared line
+  by line with trailing whitespace stripped;
+- other fences (```` ```py ````, ```` ```pytb ````, ```` ```console ````, ...)
+  are shown, never run;
+- `<!-- requires: optax, equinox -->` skips the page's examples when a
+  library is not installed; `<!-- requires: 8 devices -->` when JAX has
+  fewer devices.
+
+The code is compiled with the page's path and true line numbers, so a
+traceback (and a drift report's `file:line`) points into the Markdown file.
+After each page, JAX's configuration (x64 included) and jax_dtypeguard's
+defaults are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import importlib.util
+import io
+import re
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import jax
+import pytest
+
+import jax_dtypeguard as dg
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)[^`]*$")
+_REQUIRES = re.compile(r"<!--\s*requires:\s*(?P<items>[^>]*?)\s*-->")
+_DEVICES = re.compile(r"^(?P<count>\d+)\s+devices?$")
+
+
+@dataclasses.dataclass
+class Block:
+    language: str
+    code: str
+    line: int  # 1-based line of the first line of code in the page
+    expected: str | None = None  # the stdout shown by a following ```text block
+
+
+def parse(text: str) -> list[Block]:
+    """The fenced blocks of a Markdown page, a ```text after a ```python attached to it."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    index = 0
+    previous_python: Block | None = None
+    while index < len(lines):
+        match = _FENCE.match(lines[index])
+        if match is None:
+            if lines[index].strip():
+                previous_python = None
+            index += 1
+            continue
+        fence, indent = match["fence"], match["indent"]
+        start = index + 1
+        end = start
+        while end < len(lines) and not (
+            lines[end].strip().startswith(fence[0] * len(fence))
+            and lines[end].strip().strip(fence[0]) == ""
+        ):
+            end += 1
+        body = lines[start:end]
+        code = textwrap.dedent(
+            "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in body)
+        )
+        language = match["info"].lower()
+        if language == "text" and previous_python is not None:
+            previous_python.expected = code
+            previous_python = None
+        elif language == "python":
+            block = Block(language, code, start + 1)
+            blocks.append(block)
+            previous_python = block
+        else:
+            previous_python = None
+        index = end + 1
+    return blocks
+
+
+def missing_requirements(text: str) -> list[str]:
+    """What the page says it needs and this environment lacks."""
+    missing = []
+    for match in _REQUIRES.finditer(text):
+        for item in filter(None, (part.strip() for part in match["items"].split(","))):
+            devices = _DEVICES.match(item)
+            if devices is not None:
+                if jax.device_count() < int(devices["count"]):
+                    missing.append(f"{item} (JAX has {jax.device_count()})")
+            elif importlib.util.find_spec(item) is None:
+                missing.append(f"the {item} package")
+    return missing
+
+
+def _normalise(output: str) -> list[str]:
+    lines = [line.rstrip() for line in output.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+@contextlib.contextmanager
+def _restored_settings():
+    jax_values = dict(jax.config.values)
+    dg_mode, dg_strict = dg.config._mode, dg.config._strict
+    try:
+        yield
+    finally:
+        for name, value in jax_values.items():
+            if jax.config.values.get(name) != value:
+                with contextlib.suppress(Exception):
+                    jax.config.update(name, value)
+        dg.config.update(mode=dg_mode, strict=dg_strict)
+
+
+def _page_id(page: Path) -> str:
+    return page.name if page.parent == ROOT else f"docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_page(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = page.read_text(encoding="utf-8")
+    blocks = parse(text)
+    if not blocks:
+        pytest.skip(f"{_page_id(page)} has no ```python examples")
+    missing = missing_requirements(text)
+    if missing:
+        pytest.skip(f"{_page_id(page)} needs {', '.join(missing)}")
+    relative = page.relative_to(ROOT).as_posix()
+    monkeypatch.chdir(ROOT)
+    module = types.ModuleType(f"docs_example_{page.stem.replace('-', '_')}")
+    module.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    with _restored_settings():
+        for number, block in enumerate(blocks, 1):
+            where = f"{relative}:{block.line} (Python block {number})"
+            code = compile("\n" * (block.line - 1) + block.code, relative, "exec")
+            stdout = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(stdout):
+                    exec(code, module.__dict__)
+            except Exception as error:
+                raise AssertionError(
+                    f"{where} raised {type(error).__name__}; printed so far:\n{stdout.getvalue()}"
+                ) from error
+            if block.expected is None:
+                continue
+            got, expected = _normalise(stdout.getvalue()), _normalise(block.expected)
+            if got != expected:
+                diff = "\n".join(
+                    difflib.unified_diff(expected, got, "shown on the page", "printed", lineterm="")
+                )
+                pytest.fail(f"{where} printed something else than the page shows:\n{diff}")
+
+
+def test_parse_attaches_text_to_the_python_block_before_it() -> None:
+    blocks = parse(
+        "# t\n\n```python\nprint(1)\n```\n\n```text\n1\n```\n\n```py\nnope\n```\n\n"
+        "```python\nx = 2\n```\nprose\n```text\nnot output\n```\n"
+    )
+    assert [(b.code, b.line, b.expected) for b in blocks] == [
+        ("print(1)", 4, "1"),
+        ("x = 2", 16, None),
+    ]
+
+
+def test_parse_reads_indented_blocks_inside_admonitions() -> None:
+    blocks = parse(
+        '!!! Example\n    ```python\n    print("a")\n    ```\n    ```text\n    a\n    ```\n'
+    )
+    assert [(b.code, b.expected) for b in blocks] == [('print("a")', "a")]
+
+
+def test_requirements_name_what_is_missing() -> None:
+    text = "<!-- requires: json, no_such_module_xyz, 100000 devices -->"
+    assert missing_requirements(text) == [
+        "the no_such_module_xyz package",
+        f"100000 devices (JAX has {jax.device_count()})",
+    ]

@@ -215,10 +215,9 @@ def _totals(results: Sequence[Any], dtypes: Sequence[str]) -> str:
     for result in results:
         counts[result.status] += 1
     cases = len(results) // max(len(dtypes), 1)
-    plural = "" if cases == 1 else "s"
-    return f"{cases} case{plural} x {len(dtypes)} dtypes: " + ", ".join(
-        f"{n} {status}" for status, n in counts.items()
-    )
+    rows = f"{cases} case{'' if cases == 1 else 's'}"
+    columns = f"{len(dtypes)} dtype{'' if len(dtypes) == 1 else 's'}"
+    return f"{rows} x {columns}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
 def render_table(results: Sequence[Any], dtypes: Sequence[str]) -> str:

@@ -146,7 +146,7 @@ def _tree(dtype: str, scale: float) -> dict[str, jax.Array]:
     }
 
 
-def _squared_norm(tree: Any) -> jax.Array:
+def _squared_norm(tree: Any) -> Any:
     return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree))
 
 
@@ -281,7 +281,7 @@ def _candidates(optax: Any) -> list[tuple[str, Any, bool]]:
     return found
 
 
-def _linesearch_value(params: Any, dtype: str) -> jax.Array:
+def _linesearch_value(params: Any, dtype: Any) -> Any:
     leaves = jax.tree.leaves(params)
     return 0.5 * sum(jnp.sum(jnp.square(leaf.astype(dtype))) for leaf in leaves)
 
@@ -297,7 +297,7 @@ def _optax_case(tx: Any, name: str, optax: Any, grads_dtype: str | None) -> Case
 
     if extra:
 
-        def update(updates: Any, opt_state: Any, params: Any, value: Any, grad: Any) -> Any:
+        def update_extra(updates: Any, opt_state: Any, params: Any, value: Any, grad: Any) -> Any:
             return tx.update(updates, opt_state, params, value=value, grad=grad, value_fn=value_fn)
 
         def make_args(dtype: str) -> tuple[Any, ...]:
@@ -305,14 +305,18 @@ def _optax_case(tx: Any, name: str, optax: Any, grads_dtype: str | None) -> Case
             grads = grads_of(dtype)
             return grads, params, _linesearch_value(params, grads_dtype or dtype), grads
 
+        update: Callable[..., Any] = update_extra
     else:
 
-        def update(updates: Any, opt_state: Any, params: Any) -> Any:  # type: ignore[misc]
+        def update_plain(updates: Any, opt_state: Any, params: Any) -> Any:
             return tx.update(updates, opt_state, params)
 
         def make_args(dtype: str) -> tuple[Any, ...]:
             return grads_of(dtype), _tree(dtype, 1.0)
 
+        update = update_plain
+
+    update.__name__ = "update"
     update.__qualname__ = f"{name}.update"
     return Case(name, update, lambda dtype: tx.init(_tree(dtype, 1.0)), make_args, 1, 1)
 

@@ -207,6 +207,15 @@ def test_bad_usage_is_one_line_and_exit_2(capsys, args, fragment):
     assert "Traceback" not in err
 
 
+def test_default_target_without_optax_is_bad_usage(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optax", None)  # import optax -> ImportError
+    status, out, err = audit(capsys)
+    assert status == 2
+    assert out == ""
+    assert err.startswith("jax-dtypeguard: error: the default target needs optax")
+    assert "pip install 'jax_dtypeguard[optax]'" in err
+
+
 def test_no_command_prints_help_and_exits_2(capsys):
     assert _cli.main([]) == 2
     assert "audit" in capsys.readouterr().err

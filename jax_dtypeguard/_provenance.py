@@ -641,7 +641,14 @@ class _Walker:
             # on the line that mixed them: such a conversion is not where the drift began.
             strong = [x for x in candidates if not getattr(x.aval, "weak_type", False)]
             candidates = sorted(strong or candidates, key=lambda x: self.constant(frame, x))
-            promoted = [x for x in candidates if self.converted(frame, x)]
+            # Newer JAX records Python-scalar literals as strong: a literal alone only
+            # explains the conversion of a weak operand.
+            values = sum(1 for x in candidates if not _is_literal(x))
+            promoted = [
+                x
+                for x in candidates
+                if self.converted(frame, x) and (values > 1 or self.converted(frame, x, weak=True))
+            ]
         else:
             promoted = []
         if bit and frame.mask(atom) & bit:
@@ -663,9 +670,12 @@ class _Walker:
         return _is_literal(atom) or atom in frame.consts
 
     @staticmethod
-    def converted(frame: _Frame, atom: Any) -> bool:
+    def converted(frame: _Frame, atom: Any, weak: bool = False) -> bool:
+        """Whether `atom` is a `convert_element_type` result (of a weak operand: `weak`)."""
         produced = None if _is_literal(atom) else frame.producer.get(atom)
-        return produced is not None and produced[0].primitive.name == "convert_element_type"
+        if produced is None or produced[0].primitive.name != "convert_element_type":
+            return False
+        return not weak or bool(getattr(produced[0].invars[0].aval, "weak_type", False))
 
     def argument(self, found: _Found) -> int | None:
         """The top-level input the drift came from, if it came from one."""

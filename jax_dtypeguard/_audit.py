@@ -66,7 +66,7 @@ class Result:
 
 
 def check_dtype(name: str) -> str:
-    """`name` if it is a numeric JAX dtype name, else `UsageError`."""
+    """The canonical name of a numeric JAX dtype (`"f4"` -> `"float32"`), else `UsageError`."""
     try:
         dtype = jnp.dtype(name)
     except TypeError:
@@ -75,7 +75,7 @@ def check_dtype(name: str) -> str:
         raise UsageError(
             f"unknown dtype {name!r}; use JAX dtype names such as float16,bfloat16,float32,float64"
         )
-    return name
+    return dtype.name
 
 
 # --- user targets ---------------------------------------------------------

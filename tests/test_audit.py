@@ -154,6 +154,7 @@ def test_load_target_errors(in_root, spec, fragment):
 
 def test_check_dtype():
     assert _audit.check_dtype("bfloat16") == "bfloat16"
+    assert _audit.check_dtype("f4") == "float32"
     for bad in ("float17", "object", "str"):
         with pytest.raises(_audit.UsageError, match="unknown dtype"):
             _audit.check_dtype(bad)

@@ -3,8 +3,10 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -268,6 +270,35 @@ def test_plain_progress_and_table_without_rich(monkeypatch):
     assert _cli.main(["audit", CASES, *TWO]) == 1
     assert "auditing 4/4" in err.getvalue()
     assert out.getvalue().splitlines()[0].split() == ["case", "float16", "float32"]
+
+
+# --- the docs page's examples are real output ------------------------------------
+
+
+def _fenced(page, language, first_line):
+    """The body of the fenced block of `language` whose first line is `first_line`."""
+    blocks = re.findall(rf"^```{language}\n(.*?)^```$", page, flags=re.S | re.M)
+    (body,) = [block for block in blocks if block.startswith(first_line + "\n")]
+    return body
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "jax-dtypeguard audit mycases:cases",
+        "jax-dtypeguard audit mycases:cases --dtypes bfloat16 --jit --cast",
+    ],
+)
+def test_docs_page_shows_real_output(capsys, monkeypatch, tmp_path, command):
+    page = (Path(ROOT) / "docs" / "audit.md").read_text()
+    (tmp_path / "mycases.py").write_text(_fenced(page, "py", "# mycases.py"))
+    expected = _fenced(page, "console", f"$ {command}").split("\n", 1)[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mycases", raising=False)
+    assert _cli.main(command.split()[1:]) == 1
+    got = capsys.readouterr().out
+    assert [line.rstrip() for line in got.splitlines()] == expected.splitlines()
 
 
 # --- end to end -----------------------------------------------------------------

@@ -11,7 +11,7 @@ The convention, per page:
   are shown, never run;
 - `<!-- requires: optax, equinox -->` skips the page's examples when a
   library is not installed; `<!-- requires: 8 devices -->` when JAX has
-  fewer devices.
+  fewer devices; `<!-- requires: jax >= 0.7 -->` on an older JAX.
 
 The code is compiled with the page's path and true line numbers, so a
 traceback (and a drift report's `file:line`) points into the Markdown file.
@@ -43,6 +43,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)[^`]*$")
 _REQUIRES = re.compile(r"<!--\s*requires:\s*(?P<items>[^>]*?)\s*-->")
 _DEVICES = re.compile(r"^(?P<count>\d+)\s+devices?$")
+_JAX_VERSION = re.compile(r"^jax\s*>=\s*(?P<version>\d+(\.\d+)*)$")
 
 
 @dataclasses.dataclass
@@ -97,13 +98,20 @@ def missing_requirements(text: str) -> list[str]:
     missing = []
     for match in _REQUIRES.finditer(text):
         for item in filter(None, (part.strip() for part in match["items"].split(","))):
-            devices = _DEVICES.match(item)
-            if devices is not None:
+            devices, version = _DEVICES.match(item), _JAX_VERSION.match(item)
+            if version is not None:
+                if _version(jax.__version__) < _version(version["version"]):
+                    missing.append(f"{item} (this is jax {jax.__version__})")
+            elif devices is not None:
                 if jax.device_count() < int(devices["count"]):
                     missing.append(f"{item} (JAX has {jax.device_count()})")
             elif importlib.util.find_spec(item) is None:
                 missing.append(f"the {item} package")
     return missing
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
 def _normalise(output: str) -> list[str]:
@@ -186,8 +194,9 @@ def test_parse_reads_indented_blocks_inside_admonitions() -> None:
 
 
 def test_requirements_name_what_is_missing() -> None:
-    text = "<!-- requires: json, no_such_module_xyz, 100000 devices -->"
+    text = "<!-- requires: json, no_such_module_xyz, 100000 devices, jax >= 0.4, jax >= 99.1 -->"
     assert missing_requirements(text) == [
         "the no_such_module_xyz package",
         f"100000 devices (JAX has {jax.device_count()})",
+        f"jax >= 99.1 (this is jax {jax.__version__})",
     ]

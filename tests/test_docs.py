@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)[^`]*$")
-_REQUIRES = re.compile(r"<!--\s*requires:\s*(?P<items>[^>]*?)\s*-->")
+_REQUIRES = re.compile(r"<!--\s*requires:\s*(?P<items>.*?)\s*-->")
 _DEVICES = re.compile(r"^(?P<count>\d+)\s+devices?$")
 _JAX_VERSION = re.compile(r"^jax\s*>=\s*(?P<version>\d+(\.\d+)*)$")
 

@@ -40,6 +40,7 @@ def run(equations: int = 10_000, repeat: int = 3) -> dict[str, Any]:
     jaxpr = jax.make_jaxpr(step)(state, grad)
     trace_s = time.perf_counter() - start
     explain_s, walk_s = [], []
+    explained = None
     for _ in range(repeat):
         start = time.perf_counter()
         (explained,) = _provenance.explain(step, parameter, None, (state, grad), {}, mismatch)
@@ -54,7 +55,7 @@ def run(equations: int = 10_000, repeat: int = 3) -> dict[str, Any]:
         "trace_s": round(trace_s, 4),
         "explain_s": round(min(explain_s), 4),
         "walk_s": round(min(walk_s), 4),
-        "origin": str(explained.origin),
+        "origin": str(explained and explained.origin),
     }
 
 

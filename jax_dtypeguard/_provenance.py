@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _compat
@@ -258,7 +259,7 @@ class _Traced:
         # A jaxpr traced inside `jit` records frames up to the jit only: then the
         # enclosing equations say where.
         location, eqn, frame = None, found.eqn, found.frame
-        while location is None and eqn is not None:
+        while location is None and eqn is not None and frame is not None:
             location = _user_location(eqn)
             eqn, frame = frame.eqn, frame.parent
         file, line, function = location or (None, None, None)
@@ -345,7 +346,7 @@ def _call_jaxpr(eqn: Any) -> Any:
 
 def _category(dtype: np.dtype) -> str:
     for kind in (np.bool_, np.complexfloating, np.floating, np.integer):
-        if jax.dtypes.issubdtype(dtype, kind):
+        if jnp.issubdtype(dtype, kind):
             return kind.__name__
     return str(dtype)
 

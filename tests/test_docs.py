@@ -172,7 +172,9 @@ def test_page(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                 diff = "\n".join(
                     difflib.unified_diff(expected, got, "shown on the page", "printed", lineterm="")
                 )
-                pytest.fail(f"{where} printed something else than the page shows:\n{diff}")
+                pytest.fail(
+                    f"{where} printed something else than the page shows:\n{diff}", pytrace=False
+                )
 
 
 def test_parse_attaches_text_to_the_python_block_before_it() -> None:

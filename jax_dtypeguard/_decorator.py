@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -14,7 +13,7 @@ import jax
 from . import _annotations, _config
 from ._cast import cast_back
 from ._compare import OK, Verdict, compare_states
-from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
+from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
 from ._signature import NotALeafError, leaf_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,18 +33,6 @@ def describe_location(fn: Callable[..., Any]) -> tuple[str, str]:
     if code is None:
         return name, "<unknown location>"
     return name, f"{short_path(code.co_filename)}:{code.co_firstlineno}"
-
-
-def short_path(path: str) -> str:
-    """A source path as a reader wants it: package-relative or cwd-relative."""
-    marker = "site-packages" + os.sep
-    if marker in path:
-        return path.split(marker, 1)[1]
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        return path
-    return path if relative.startswith("..") else relative
 
 
 class StateParameter:

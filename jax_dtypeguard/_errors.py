@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -139,3 +140,15 @@ def format_report(
         lines.append(line)
     lines.append(_hint(mismatches, mode))
     return "\n".join(lines)
+
+
+def short_path(path: str) -> str:
+    """A source path as a reader wants it: package-relative or cwd-relative."""
+    marker = "site-packages" + os.sep
+    if marker in path:
+        return path.split(marker, 1)[1]
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if relative.startswith("..") else relative

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compat
-from ._errors import Mismatch, Origin
+from ._errors import Mismatch, Origin, short_path
 from ._signature import LeafSignature
 
 _tree = jax.tree_util
@@ -294,7 +294,6 @@ def _is_user_file(path: str) -> bool:
 
 def _user_location(eqn: Any) -> tuple[str, int, str] | None:
     """The innermost frame of the user's (or a library's) code that made `eqn`."""
-    from ._decorator import short_path
 
     for file, line, function in _compat.source_frames(eqn.source_info):
         if _is_user_file(file):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import warnings
@@ -155,6 +156,7 @@ class _Guard:
             _annotations.checker_for(fn, self.parameter.name) if annotations else None
         )
         self.cache: dict[Any, Verdict] = {}
+        self.explained: dict[Any, list[Mismatch]] = {}
 
     # False: exactly the declared mode and weak_type, whatever the configuration (testing).
     follows_config = True
@@ -248,12 +250,32 @@ class _Guard:
                 pass
         return verdict
 
+    def _explain(
+        self, mismatches: list[Mismatch], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Mismatch]:
+        """Adds origins; eager calls reuse them per (mismatches, argument signature)."""
+        from ._provenance import explain
+
+        leaves, treedef = _tree.tree_flatten((args, kwargs))
+        key = None
+        if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            try:
+                key = (tuple(mismatches), treedef, leaf_keys(leaves))
+                return self.explained[key]
+            except (KeyError, TypeError, NotALeafError):
+                pass
+        explained = explain(self.fn, self.parameter, self.out, args, kwargs, mismatches)
+        if key is not None:
+            if len(self.explained) >= _CACHE_LIMIT:
+                self.explained.clear()
+            with contextlib.suppress(TypeError):
+                self.explained[key] = explained
+        return explained
+
     def _report(
         self, mismatches: list[Mismatch], mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        from ._provenance import explain
-
-        mismatches = explain(self.fn, self.parameter, self.out, args, kwargs, mismatches)
+        mismatches = self._explain(mismatches, args, kwargs)
         name, location = describe_location(self.fn)
         strict = mode == "check" and self.follows_config and _config.config.strict
         hint = "strict" if strict else mode

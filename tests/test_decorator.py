@@ -401,3 +401,24 @@ def test_partial_functions():
     guarded = state_dtype_invariant(functools.partial(step, scale=jnp.float32(2)))
     with pytest.raises(StateDtypeError, match=r"step \("):
         guarded(jnp.ones(2, jnp.float16))
+
+
+def test_eager_warn_loops_explain_each_signature_once(monkeypatch):
+    from jax_dtypeguard import _provenance
+
+    calls = []
+    real = _provenance.explain
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_provenance, "explain", counting)
+    guarded = state_dtype_invariant(lambda s, v: s * v, mode="warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(4):
+            guarded(jnp.ones(2, jnp.float16), jnp.float32(2))
+        assert len(calls) == 1
+        guarded(jnp.ones(2, jnp.float16), jnp.ones(2, jnp.float32))
+        assert len(calls) == 2

@@ -49,8 +49,11 @@ class LeafSignature(NamedTuple):
                 bool(getattr(leaf, "weak_type", False)),
                 explicit_sharding(leaf),
             )
-        if isinstance(leaf, (jax.Array, Tracer)):
+        if isinstance(leaf, Tracer):
             aval = leaf.aval
+        elif isinstance(leaf, jax.Array):
+            # `Array.aval` can lack the mesh (a 0-d array placed with P()); typeof has it.
+            aval = get_aval(leaf)
         elif isinstance(leaf, (np.ndarray, np.generic)):
             try:
                 aval = get_aval(leaf)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib
 import importlib.util
+import inspect
 import io
 import re
 import sys
@@ -175,6 +177,48 @@ def test_page(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                 pytest.fail(
                     f"{where} printed something else than the page shows:\n{diff}", pytrace=False
                 )
+
+
+def _api_names() -> list[str]:
+    api = ROOT / "docs" / "api.md"
+    if not api.exists():
+        return []
+    return re.findall(r"^::: (\S+)$", api.read_text(encoding="utf-8"), flags=re.MULTILINE)
+
+
+def _resolve(name: str) -> object:
+    module_name, _, attribute = name.rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def _docstrings(obj: object) -> list[str]:
+    """The docstring of `obj` and, for a class, of its public methods and properties."""
+    docs = [inspect.getdoc(obj) or ""]
+    if inspect.isclass(obj):
+        for member_name, member in vars(obj).items():
+            if not member_name.startswith("_") and (
+                callable(member) or isinstance(member, property)
+            ):
+                docs.append(inspect.getdoc(member) or "")
+    return docs
+
+
+@pytest.mark.parametrize("name", _api_names())
+def test_docstring_examples(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `!!! Example` blocks of the docstrings the API reference renders run too."""
+    module_name = name.rpartition(".")[0]
+    if module_name.endswith(".optax") and importlib.util.find_spec("optax") is None:
+        pytest.skip(f"{name} needs the optax package")
+    obj = _resolve(name)
+    blocks = [block for doc in _docstrings(obj) for block in parse(doc)]
+    monkeypatch.chdir(ROOT)
+    with _restored_settings():
+        for number, block in enumerate(blocks, 1):
+            stdout = io.StringIO()
+            with contextlib.redirect_stdout(stdout):
+                exec(compile(block.code, f"<docstring of {name}, example {number}>", "exec"), {})
+            if block.expected is not None:
+                assert _normalise(stdout.getvalue()) == _normalise(block.expected), name
 
 
 def test_parse_attaches_text_to_the_python_block_before_it() -> None:

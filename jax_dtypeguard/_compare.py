@@ -118,24 +118,30 @@ def _compare_flat(
 def _walk(
     a: Any, b: Any, path: str, weak_type: bool, found: list[Mismatch], unfixable: list[Mismatch]
 ) -> None:
-    """Compares subtrees that differ in structure; `unfixable` gets what no cast fixes."""
-    if _tree.tree_structure(a) == _tree.tree_structure(b):
-        _compare_flat(a, b, path, weak_type, found, unfixable)
-        return
-    if a is None or b is None or _is_leaf(a) or _is_leaf(b):
-        mismatch = Mismatch(path, "structure", _describe(a, path), _describe(b, path))
-        found.append(mismatch)
-        unfixable.append(mismatch)
-        return
-    children_a, level_a = _one_level(a)
-    children_b, level_b = _one_level(b)
-    if level_a != level_b:
-        mismatch = Mismatch(path, "structure", _describe(a, path), _describe(b, path))
-        found.append(mismatch)
-        unfixable.append(mismatch)
-    for key, child in children_a.items():
-        if key in children_b:
-            _walk(child, children_b[key], path + key, weak_type, found, unfixable)
+    """Compares subtrees that differ in structure; `unfixable` gets what no cast fixes.
+
+    Iterative (depth-first, in flattening order), so a state nested as deeply
+    as JAX can flatten never exhausts Python's recursion limit.
+    """
+    stack = [(a, b, path)]
+    while stack:
+        a, b, path = stack.pop()
+        if _tree.tree_structure(a) == _tree.tree_structure(b):
+            _compare_flat(a, b, path, weak_type, found, unfixable)
+            continue
+        if a is None or b is None or _is_leaf(a) or _is_leaf(b):
+            mismatch = Mismatch(path, "structure", _describe(a, path), _describe(b, path))
+            found.append(mismatch)
+            unfixable.append(mismatch)
+            continue
+        children_a, level_a = _one_level(a)
+        children_b, level_b = _one_level(b)
+        if level_a != level_b:
+            mismatch = Mismatch(path, "structure", _describe(a, path), _describe(b, path))
+            found.append(mismatch)
+            unfixable.append(mismatch)
+        common = [(key, child) for key, child in children_a.items() if key in children_b]
+        stack.extend((child, children_b[key], path + key) for key, child in reversed(common))
 
 
 def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = True) -> Verdict:

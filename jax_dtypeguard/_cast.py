@@ -19,6 +19,10 @@ def _cast_leaf(leaf: Any, target: LeafSignature) -> Any:
             leaf.real if isinstance(leaf, complex) and target.python_scalar != "complex" else leaf
         )
         return _PYTHON_TYPES[target.python_scalar](value)
+    if isinstance(leaf, jax.ShapeDtypeStruct):  # an abstract state: the cast is a new struct
+        return jax.ShapeDtypeStruct(
+            leaf.shape, target.dtype, sharding=leaf.sharding, weak_type=target.weak_type
+        )
     return convert_element_type(leaf, target.dtype, target.weak_type)
 
 

@@ -73,7 +73,10 @@ def _is_castable(a: Any, b: Any, found: list[Mismatch]) -> bool:
     return not (_uncastable_dtype(sa.dtype) or _uncastable_dtype(sb.dtype))
 
 
-def _describe(node: Any, path: str) -> str:
+_MAX_KEYS_SHOWN = 12
+
+
+def _describe(node: Any, path: str, other: Any = None) -> str:
     if node is None:
         return "None"
     if _is_leaf(node):
@@ -81,7 +84,14 @@ def _describe(node: Any, path: str) -> str:
     children, _ = _one_level(node)
     kind = type(node)
     if kind is dict:
-        return f"dict with keys {sorted(map(str, (k.key for k in _keys(node))))}"
+        keys = sorted(map(str, (k.key for k in _keys(node))))
+        if len(keys) <= _MAX_KEYS_SHOWN:
+            return f"dict with keys {keys}"
+        # A large dict: its size, and the keys the other side lacks (a bounded message).
+        others = set(map(str, other)) if isinstance(other, dict) else set()
+        only_here = [k for k in keys if k not in others][:_MAX_KEYS_SHOWN]
+        text = f"dict with {len(keys)} keys"
+        return text + (f", {only_here} not in the other" if others and only_here else "")
     if kind in (tuple, list):
         return f"{kind.__name__} of {len(children)}"
     fields = ", ".join(key.lstrip(".") for key in children)
@@ -130,14 +140,14 @@ def _walk(
             _compare_flat(a, b, path, weak_type, found, unfixable)
             continue
         if a is None or b is None or _is_leaf(a) or _is_leaf(b):
-            mismatch = Mismatch(path, "structure", _describe(a, path), _describe(b, path))
+            mismatch = Mismatch(path, "structure", _describe(a, path, b), _describe(b, path, a))
             found.append(mismatch)
             unfixable.append(mismatch)
             continue
         children_a, level_a = _one_level(a)
         children_b, level_b = _one_level(b)
         if level_a != level_b:
-            mismatch = Mismatch(path, "structure", _describe(a, path), _describe(b, path))
+            mismatch = Mismatch(path, "structure", _describe(a, path, b), _describe(b, path, a))
             found.append(mismatch)
             unfixable.append(mismatch)
         common = [(key, child) for key, child in children_a.items() if key in children_b]

@@ -80,15 +80,22 @@ def _verdict(met: Any) -> str:
     return {True: "yes", False: "MISSED", None: "-"}.get(met, str(met))
 
 
+_NOT_SUMMARY = ("title", "target", "met", "seconds", "benchmark", "device", "jax", "cpus")
+
+
 def _summary_of(result: dict[str, Any]) -> str:
     if "summary" in result:
         return str(result["summary"])
     scalars = [
         f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in result.items()
-        if isinstance(value, (int, float, str, bool)) and key not in ("title", "target", "met")
+        if isinstance(value, (int, float, str, bool)) and key not in _NOT_SUMMARY
     ]
-    return "; ".join(scalars[:6])
+    return "; ".join(scalars[:12])
+
+
+def _met(result: dict[str, Any]) -> Any:
+    return result.get("met", result.get("within_budget"))
 
 
 def print_table(sections: dict[str, dict[str, Any]], stream: Any = sys.stdout) -> None:
@@ -98,7 +105,7 @@ def print_table(sections: dict[str, dict[str, Any]], stream: Any = sys.stdout) -
     for name, result in sections.items():
         seconds = result.get("seconds")
         shown = f"{seconds:6.1f}" if isinstance(seconds, (int, float)) else "     -"
-        line = f"{name:<{width}}  {_verdict(result.get('met')):<6}  {shown}  {_summary_of(result)}"
+        line = f"{name:<{width}}  {_verdict(_met(result)):<6}  {shown}  {_summary_of(result)}"
         print(line, file=stream)
         if result.get("target"):
             print(f"{'':<{width}}  {'':<6}  {'':>6}  target: {result['target']}", file=stream)

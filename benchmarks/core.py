@@ -466,11 +466,10 @@ def compile_counts(limit: int | None = None) -> dict[str, Any]:
         return _skipped("5. compile counts", f"jax_dtypeguard.optax unavailable: {error}")
     import warnings
 
-    optimizers = _discover(optax)[:limit]
     rows: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, tx in optimizers:
+        for name, tx in _discover(optax)[:limit]:
             row: dict[str, Any] = {}
             for label, candidate in (("plain", tx), ("invariant", None)):
                 try:

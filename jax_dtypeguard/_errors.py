@@ -37,7 +37,8 @@ class Origin:
             if self.function:
                 text += f" in {self.function}"
         if self.argument is not None:
-            text += f", from argument '{self.argument}'"
+            quote = '"' if "'" in self.argument else "'"
+            text += f", from argument {quote}{self.argument}{quote}"
         return text
 
 

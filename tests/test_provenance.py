@@ -268,7 +268,7 @@ def test_optax_adam_mu_points_into_the_moment_update():
     assert any(
         re.fullmatch(
             r"  state\[0\]\.mu\['w'\]: bfloat16\[3\] -> float32\[3\]  \(first at add, "
-            r"optax/\S+\.py:\d+ in \S*update_moment\S*, from argument 'updates\['w'\]'\)",
+            r'optax/\S+\.py:\d+ in \S*update_moment\S*, from argument "updates\[\'w\'\]"\)',
             line,
         )
         for line in lines

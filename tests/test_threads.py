@@ -93,8 +93,10 @@ def test_scopes_do_not_leak_between_threads(how):
 
     def call() -> Any:
         for _ in range(5):
-            # A fresh jit per call: every call traces, under this thread's scope.
-            result = (jax.jit(guarded) if how == "jit" else guarded)(STATE, X)
+            # A fresh function under a fresh jit: every call traces, under this thread's scope
+            # (jit caches traces per function, and a cached trace keeps its verdict).
+            fresh = jax.jit(lambda state, x: guarded(state, x)) if how == "jit" else guarded
+            result = fresh(STATE, X)
         return result
 
     names = list(SCOPES) * (THREADS * 2 // len(SCOPES))
@@ -235,7 +237,8 @@ def test_a_report_does_not_swallow_other_threads_warnings():
 def test_warn_mode_from_many_threads_warns_every_call():
     """Without reports re-tracing (no drift origin to find twice), no warning is lost."""
     guarded = state_dtype_invariant(drifting, mode="warn")
-    guarded(STATE, X)  # the report of this signature is now cached
+    with pytest.warns(StateDtypeWarning):
+        guarded(STATE, X)  # the report of this signature is now cached
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = run_threads([lambda: [guarded(STATE, X) for _ in range(5)]] * THREADS)

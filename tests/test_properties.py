@@ -477,11 +477,11 @@ def run_cast(spec_in, spec_out, mutations, weak_type, jit: bool) -> None:
 
 
 PROFILE = settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-JIT_PROFILE = settings(PROFILE, max_examples=12)
+JIT_PROFILE = settings(PROFILE, max_examples=10)
 SLOW_PROFILE = settings(PROFILE, max_examples=400)
 
 

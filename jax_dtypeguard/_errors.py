@@ -101,6 +101,11 @@ def _hint(mismatches: Sequence[Mismatch], mode: str) -> str:
             'mode="cast" would repair it: keep the step\'s arithmetic in the '
             "state's dtype (e.g. `x.astype(state.dtype)`)"
         )
+    elif kinds & CASTABLE_KINDS and mode == "cast":
+        parts.append(
+            "keep each leaf's dtype (typed PRNG keys and float0 leaves cannot be cast, "
+            "nor a leaf whose shape or sharding also changed)"
+        )
     elif kinds & CASTABLE_KINDS:
         parts.append(
             'decorate with mode="cast" to cast dtype/weak_type drift back to the '

@@ -565,3 +565,6 @@ def test_float0_and_key_leaves_read_well_in_reports():
         text = str(info.value)
         assert "state['k']: key<fry>[] -> key<rbg>[]" in text
         assert "state['t']: float0[2] -> bool[2]" in text
+        if mode == "cast":  # cast mode: no advice to use cast mode
+            assert 'mode="cast"' not in text
+            assert "typed PRNG keys and float0 leaves cannot be cast" in text

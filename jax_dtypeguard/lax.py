@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from ._config import validate_mode
+from ._config import effective, validate_mode
 from ._decorator import StateParameter, _Guard
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
@@ -113,7 +113,9 @@ def _guard(
     """`fn` guarded with `make_state(fn)` as its state: one cached wrapper per setting."""
     if mode == "off":
         return fn
-    key = (state_key, mode, out)
+    # The effective settings are part of the key: a new strict scope gets a new
+    # function, which JAX traces again instead of reusing a non-strict trace.
+    key = (state_key, mode, effective(mode, True), out)
     entry = _CACHE.get(id(fn))
     if entry is not None and entry[0]() is fn and key in entry[1]:
         return entry[1][key]

@@ -274,6 +274,19 @@ def test_strict_reaches_dg_lax():
         dg.lax.cond(True, lambda x: x * jnp.float32(2), lambda x: x, F16)
 
 
+def test_strict_reaches_an_eager_dg_lax_loop_that_ran_before_outside_strict_mode():
+    def body(x):
+        return x * jnp.float32(2)
+
+    def loop():
+        return dg.lax.while_loop(lambda x: x[0] < 10, body, F16)
+
+    assert loop().dtype == jnp.float16
+    with dg.strict(), pytest.raises(StateDtypeError, match=r"  x: float16\[3\] -> float32\[3\]"):
+        loop()
+    assert loop().dtype == jnp.float16
+
+
 def test_lax_mode_off_stays_off_under_strict():
     def body(i, x):
         return x.astype(jnp.float16)

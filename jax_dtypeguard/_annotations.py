@@ -296,9 +296,7 @@ class _Walk:
 
     def bear(self, path: str, value: Any, hint: Any, text: str, owner: str) -> bool:
         try:
-            with warnings.catch_warnings():  # beartype's deprecation notes on typing hints
-                warnings.simplefilter("ignore")
-                ok = is_bearable(value, hint)
+            ok = is_bearable(value, hint)
         except Exception as error:  # beartype cannot check this hint
             self.problem(owner, text, f"{type(error).__name__}: {error}".split("\n")[0])
             return True

@@ -258,3 +258,10 @@ def effective(declared_mode: str | None, declared_weak_type: bool) -> tuple[str,
     if config.strict:
         return "check", True
     return resolved, declared_weak_type
+
+
+# Set while a report re-traces a step (provenance): guards inside it stay silent,
+# since their warnings were already given by the first trace.
+retracing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "jax_dtypeguard_retracing", default=False
+)

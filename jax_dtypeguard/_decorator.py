@@ -281,7 +281,8 @@ class _Guard:
         hint = "strict" if strict else mode
         message = format_report(name, location, self.parameter.name, mismatches, hint)
         if mode == "warn":
-            warnings.warn(StateDtypeWarning(message), stacklevel=4)
+            if not _config.retracing.get():
+                warnings.warn(StateDtypeWarning(message), stacklevel=4)
             return
         raise StateDtypeError(message, mismatches, name)
 

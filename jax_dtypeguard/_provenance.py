@@ -20,7 +20,6 @@ import os
 import site
 import sysconfig
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compat
+from . import _compat, _config
 from ._errors import Mismatch, Origin, short_path
 from ._signature import LeafSignature
 
@@ -229,9 +228,11 @@ class _Traced:
             with jax.ensure_compile_time_eval():
                 return fn(*values[:positional], **keywords)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        token = _config.retracing.set(True)
+        try:
             closed, shape = jax.make_jaxpr(flat_fn, return_shape=True)(*dynamic_values)
+        finally:
+            _config.retracing.reset(token)
         offset = 0
         state_out = shape
         if out is not None:

@@ -197,12 +197,6 @@ def test_lax_forms_and_strict_across_threads():
     assert results == ["error", "float16"] * (THREADS // 2)
 
 
-@pytest.mark.xfail(
-    reason="reports re-trace the step inside warnings.catch_warnings() + simplefilter('ignore'),"
-    " which is process-global: another thread's warnings are dropped meanwhile (and the"
-    " filters can be restored out of order)",
-    strict=True,
-)
 def test_a_report_does_not_swallow_other_threads_warnings():
     """Deterministic: the report's re-trace of the step is held open while we warn."""
     inside, release = threading.Event(), threading.Event()

@@ -70,11 +70,16 @@ def _explain(
     traced = _Traced.of(fn, parameter, out, tuple(args), dict(kwargs))
     if traced is None:
         return mismatches
-    walker = _Walker(traced.jaxpr.jaxpr, traced.state_invars)
+    wanted = [m for m in mismatches if m.kind in _KINDS and m.path.startswith(parameter.name)]
+    paths = {m.path[len(parameter.name) :] for m in wanted}
+    # Lineage bits only for the drifting leaves: one bit per state leaf would make
+    # every mask as wide as the state, quadratic memory on wide states.
+    lineage = {p: i for p, i in traced.state_invars.items() if p in paths}
+    walker = _Walker(traced.jaxpr.jaxpr, lineage)
     explained = []
     for m in mismatches:
         origin = None
-        if m.kind in _KINDS and m.path.startswith(parameter.name):
+        if m in wanted:
             origin = traced.origin(walker, m.path[len(parameter.name) :], m.kind)
         explained.append(m if origin is None else dataclasses.replace(m, origin=origin))
     return explained

@@ -299,11 +299,6 @@ def test_a_hundred_thousand_leaves_memory_stays_linear(wide_peaks, path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="the drift report's provenance search grows faster than linearly in memory"
-    " (measured 16 MB at 10,000 leaves, 89 MB at 30,000, 770 MB at 100,000)",
-    strict=True,
-)
 def test_a_hundred_thousand_leaves_drift_report_memory_stays_linear(wide_peaks):
     small, large = wide_peaks[0]["drift"], wide_peaks[1]["drift"]
     assert large < 25 * small, (small, large)

@@ -1,21 +1,66 @@
 """Keep the types of JAX state pytrees stable through step functions."""
 
-from . import lax as lax
-from . import testing as testing
-from ._config import config as config
-from ._config import mode as mode
-from ._config import strict as strict
-from ._decorator import state_dtype_invariant as state_dtype_invariant
-from ._errors import (
-    Mismatch as Mismatch,
-)
-from ._errors import (
-    Origin as Origin,
-)
-from ._errors import (
-    StateDtypeError as StateDtypeError,
-)
-from ._errors import (
-    StateDtypeWarning as StateDtypeWarning,
-)
+# Names are imported on first use (PEP 562), so that importing the pytest
+# plugin, `jax_dtypeguard._pytest_plugin`, does not start JAX in test suites
+# that never use it.
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__ as __version__
+
+if TYPE_CHECKING:
+    from . import lax as lax
+    from . import testing as testing
+    from ._config import config as config
+    from ._config import mode as mode
+    from ._config import strict as strict
+    from ._decorator import state_dtype_invariant as state_dtype_invariant
+    from ._errors import Mismatch as Mismatch
+    from ._errors import Origin as Origin
+    from ._errors import StateDtypeError as StateDtypeError
+    from ._errors import StateDtypeWarning as StateDtypeWarning
+
+_EXPORTS = {
+    "lax": ("lax", None),
+    "testing": ("testing", None),
+    "config": ("_config", "config"),
+    "mode": ("_config", "mode"),
+    "strict": ("_config", "strict"),
+    "state_dtype_invariant": ("_decorator", "state_dtype_invariant"),
+    "Mismatch": ("_errors", "Mismatch"),
+    "Origin": ("_errors", "Origin"),
+    "StateDtypeError": ("_errors", "StateDtypeError"),
+    "StateDtypeWarning": ("_errors", "StateDtypeWarning"),
+}
+
+__all__ = [
+    "Mismatch",
+    "Origin",
+    "StateDtypeError",
+    "StateDtypeWarning",
+    "__version__",
+    "config",
+    "lax",
+    "mode",
+    "state_dtype_invariant",
+    "strict",
+    "testing",
+]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'jax_dtypeguard' has no attribute {name!r}") from None
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -32,13 +32,13 @@ def _as_transformation(tx: Any) -> optax.GradientTransformation:
     if isinstance(tx, optax.MultiSteps):
         # Its `update` takes extra arguments, though `gradient_transformation()` says otherwise.
         return optax.GradientTransformationExtraArgs(tx.init, tx.update)
-    hint = ""
-    if callable(tx) and not isinstance(tx, tuple):
+    what, hint = f"{type(tx).__name__} {tx!r:.80}", ""
+    if callable(tx) and hasattr(tx, "__qualname__"):
+        what = f"{type(tx).__name__} {getattr(tx, '__module__', '?')}.{tx.__qualname__}"
         hint = " Did you pass the optimizer's factory? Call it first: invariant(optax.adam(1e-3))."
     raise TypeError(
         "invariant expects an optax.GradientTransformation or "
-        f"optax.GradientTransformationExtraArgs (or optax.MultiSteps); got "
-        f"{type(tx).__name__} {tx!r:.80}.{hint}"
+        f"optax.GradientTransformationExtraArgs (or optax.MultiSteps); got {what}.{hint}"
     )
 
 

@@ -61,7 +61,10 @@ class _WeakGuard(_Guard):
 
     @property  # type: ignore[override]
     def fn(self) -> Callable[..., Any]:
-        return self._fn_ref()
+        fn = self._fn_ref()
+        if fn is None:  # only reachable through a stale reference to the guard itself
+            raise ReferenceError("the guarded function no longer exists")
+        return fn
 
     @fn.setter
     def fn(self, value: Callable[..., Any]) -> None:

@@ -31,7 +31,7 @@ def _as_transformation(tx: Any) -> optax.GradientTransformation:
         return tx
     if isinstance(tx, optax.MultiSteps):
         # Its `update` takes extra arguments, though `gradient_transformation()` says otherwise.
-        return optax.GradientTransformationExtraArgs(tx.init, tx.update)
+        return optax.GradientTransformationExtraArgs(tx.init, tx.update)  # pyright: ignore
     what, hint = f"{type(tx).__name__} {tx!r:.80}", ""
     if callable(tx) and hasattr(tx, "__qualname__"):
         what = f"{type(tx).__name__} {getattr(tx, '__module__', '?')}.{tx.__qualname__}"

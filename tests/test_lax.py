@@ -109,7 +109,7 @@ def test_jax_rejects_a_drifting_carry_with_its_own_error(form, x64):
 @pytest.mark.parametrize("form", ["cond", "switch"])
 def test_jax_rejects_branches_that_disagree(form, x64):
     branches = [to_float32, lambda x: x]
-    with pytest.raises(TypeError, match="branch|true_fun"):
+    with pytest.raises(TypeError, match=r"branch|true_fun"):
         if form == "cond":
             jax.lax.cond(True, *branches, jnp.float16(1))
         else:

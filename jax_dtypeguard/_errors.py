@@ -108,7 +108,7 @@ def _hint(mismatches: Sequence[Mismatch], mode: str) -> str:
         )
     elif kinds & CASTABLE_KINDS:
         parts.append(
-            'decorate with mode="cast" to cast dtype/weak_type drift back to the '
+            'use mode="cast" to cast dtype/weak_type drift back to the '
             "input state's types, or keep the step's arithmetic in the state's "
             "dtype (e.g. `x.astype(state.dtype)`)"
         )

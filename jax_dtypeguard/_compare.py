@@ -44,7 +44,7 @@ def _signature(leaf: Any, path: str) -> LeafSignature:
 
 
 def _uncastable_dtype(dtype: np.dtype) -> bool:
-    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jax.dtypes.float0
+    return jax.numpy.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jax.dtypes.float0
 
 
 def compare_leaves(path: str, a: Any, b: Any, weak_type: bool) -> list[Mismatch]:

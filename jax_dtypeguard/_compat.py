@@ -7,23 +7,24 @@ loudly if JAX moves anything used here.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.core
 import numpy as np
 from jax._src.lax import lax as _lax_internal
 
 Tracer = jax.core.Tracer
 
-if hasattr(jax, "typeof"):
-    get_aval = jax.typeof
-else:  # jax < 0.6
-    get_aval = jax.core.get_aval
+get_aval: Callable[[Any], Any] = (
+    jax.typeof if hasattr(jax, "typeof") else jax.core.get_aval  # pyright: ignore[reportAttributeAccessIssue]  # jax < 0.6
+)
 
 
-_CAST_OPTIONS = (
+_CAST_OPTIONS: dict[str, Any] = (
     {"warn_on_complex_to_real_cast": False}
     if "warn_on_complex_to_real_cast"
     in inspect.signature(_lax_internal._convert_element_type).parameters
@@ -55,7 +56,7 @@ def explicit_sharding(aval: Any) -> Any:
 
 
 def x64_enabled() -> bool:
-    return bool(jax.config.jax_enable_x64)
+    return bool(jax.config.read("jax_enable_x64"))
 
 
 @contextlib.contextmanager
@@ -65,10 +66,8 @@ def enable_x64(enabled: bool = True) -> Iterator[None]:
         with jax.enable_x64(enabled):
             yield
     else:  # jax < 0.7
-        from jax.experimental import disable_x64
-        from jax.experimental import enable_x64 as _enable
-
-        with _enable() if enabled else disable_x64():
+        experimental: Any = importlib.import_module("jax.experimental")
+        with experimental.enable_x64() if enabled else experimental.disable_x64():
             yield
 
 

@@ -14,6 +14,7 @@ import jax
 from . import _annotations, _config
 from ._cast import cast_back
 from ._compare import OK, Verdict, compare_states
+from ._compat import Tracer
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
 from ._signature import NotALeafError, leaf_keys
 
@@ -113,7 +114,7 @@ class StateParameter:
 
 
 def _a_value_of(value: Any) -> str:
-    if isinstance(value, (jax.Array, jax.core.Tracer)):
+    if isinstance(value, (jax.Array, Tracer)):
         return "an array"
     return f"a {type(value).__name__}"
 
@@ -258,7 +259,7 @@ class _Guard:
 
         leaves, treedef = _tree.tree_flatten((args, kwargs))
         key = None
-        if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        if not any(isinstance(leaf, Tracer) for leaf in leaves):
             try:
                 key = (tuple(mismatches), treedef, leaf_keys(leaves))
                 return self.explained[key]

@@ -91,7 +91,7 @@ def _explain(
 
 def _abstract(leaf: Any) -> Any:
     if isinstance(leaf, _compat.Tracer):
-        aval = leaf.aval
+        aval: Any = leaf.aval
         return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
     return leaf
 

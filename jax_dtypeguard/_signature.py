@@ -49,6 +49,7 @@ class LeafSignature(NamedTuple):
                 bool(getattr(leaf, "weak_type", False)),
                 explicit_sharding(leaf),
             )
+        aval: Any
         if isinstance(leaf, Tracer):
             aval = leaf.aval
         elif isinstance(leaf, jax.Array):

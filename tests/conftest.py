@@ -3,10 +3,10 @@ import os
 # Several simulated CPU devices, for sharding tests; read when JAX's backend starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
-from jax_dtypeguard._compat import enable_x64  # noqa: E402
+from jax_dtypeguard._compat import enable_x64
 
 
 @pytest.fixture(params=[False, True], ids=["x32", "x64"])

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard import StateDtypeError, StateDtypeWarning, state_dtype_invariant
-from jax_dtypeguard import _decorator
+from jax_dtypeguard import StateDtypeError, StateDtypeWarning, _decorator, state_dtype_invariant
 
 
 class State(NamedTuple):
@@ -127,7 +126,9 @@ def test_default_state_value_is_used_when_not_passed():
         return carry + x
 
     assert step(1.0) == 1.0
-    with pytest.raises(StateDtypeError, match=r"carry: weak float32\[\] \(Python float\) -> float32\[\]"):
+    with pytest.raises(
+        StateDtypeError, match=r"carry: weak float32\[\] \(Python float\) -> float32\[\]"
+    ):
         step(jnp.float32(1))
 
 
@@ -195,8 +196,10 @@ def test_strict_turns_cast_warn_and_weak_type_false_into_check_but_off_stays_off
             with pytest.raises(StateDtypeError):
                 state_dtype_invariant(step, mode=mode)(state)
         weak = jax.eval_shape(lambda: jnp.asarray(1.0))
-        with pytest.raises(StateDtypeError, match="weak_type|weak float32"):
-            jax.eval_shape(state_dtype_invariant(lambda s: s * jnp.float32(1), weak_type=False), weak)
+        with pytest.raises(StateDtypeError, match=r"s: weak float32\[\] -> float32\[\]"):
+            jax.eval_shape(
+                state_dtype_invariant(lambda s: s * jnp.float32(1), weak_type=False), weak
+            )
         assert state_dtype_invariant(step, mode="off")(state).dtype == jnp.float32
 
 
@@ -259,7 +262,11 @@ def test_cast_never_converts_keys_or_float0():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"state": "nope"}, ValueError, r"state='nope' names no parameter of .*step \(its parameters: state, lr\)"),
+        (
+            {"state": "nope"},
+            ValueError,
+            r"state='nope' names no parameter of .*step \(its parameters: state, lr\)",
+        ),
         ({"state": 5}, ValueError, r"state=5: .*step has no parameter 5"),
         ({"state": 1.5}, TypeError, "state must be a parameter's name"),
         ({"out": "0"}, TypeError, "out must be None"),
@@ -338,7 +345,9 @@ def test_cast_adds_exactly_one_conversion_per_drifting_leaf():
     state = {"a": jnp.ones(2, jnp.float16), "b": jnp.ones(2, jnp.bfloat16), "c": jnp.ones(2)}
 
     def converts(fn):
-        return sum(e.primitive.name == "convert_element_type" for e in jax.make_jaxpr(fn)(state).jaxpr.eqns)
+        return sum(
+            e.primitive.name == "convert_element_type" for e in jax.make_jaxpr(fn)(state).jaxpr.eqns
+        )
 
     assert converts(state_dtype_invariant(step, mode="cast")) == converts(step) + 2
 

@@ -36,6 +36,7 @@ def test_each_dtype_holds_drifts_and_casts(dtype, x64):
         assert jax.jit(held)(state).dtype == state.dtype
 
         other = jnp.float32 if state.dtype != jnp.float32 else jnp.int32
+
         def change(s):
             return (s.real if jnp.iscomplexobj(s) else s).astype(other)
 

@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_dtypeguard import Mismatch, Origin, StateDtypeError, StateDtypeWarning, state_dtype_invariant
+from jax_dtypeguard import (
+    Mismatch,
+    Origin,
+    StateDtypeError,
+    StateDtypeWarning,
+    state_dtype_invariant,
+)
 from jax_dtypeguard._errors import format_report
 
 
@@ -85,7 +91,9 @@ def test_shape_dtype_of_one_leaf_are_two_tagged_lines():
 def test_weak_types_and_python_scalars_read_plainly():
     with pytest.raises(StateDtypeError, match=re.escape("s: weak float32[] -> float32[]")):
         jax.jit(state_dtype_invariant(lambda s: s * jnp.float32(1)))(1.0)
-    with pytest.raises(StateDtypeError, match=re.escape("s['n']: weak int32[] (Python int) -> int32[]")):
+    with pytest.raises(
+        StateDtypeError, match=re.escape("s['n']: weak int32[] (Python int) -> int32[]")
+    ):
         state_dtype_invariant(lambda s: {"n": jnp.int32(s["n"])})({"n": 0})
 
 
@@ -106,7 +114,13 @@ def test_origin_renders_after_two_spaces_in_parentheses():
 
 
 def test_annotation_only_reports_have_their_own_header():
-    text = format_report("f", "f.py:1", "state", [Mismatch("x", "annotation", "Float[Array, 'n']", "int32[3]")], "check")
+    text = format_report(
+        "f",
+        "f.py:1",
+        "state",
+        [Mismatch("x", "annotation", "Float[Array, 'n']", "int32[3]")],
+        "check",
+    )
     assert text.splitlines()[0] == "f (f.py:1) does not match its annotations (1 mismatch):"
     assert text.splitlines()[1] == "  x: Float[Array, 'n'] -> int32[3]  [annotation]"
 

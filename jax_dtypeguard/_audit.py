@@ -25,8 +25,8 @@ import numpy as np
 from . import _config
 from ._compat import jit_cache_size
 from ._decorator import StateParameter, _Guard
-from ._errors import CASTABLE_KINDS, Mismatch, StateDtypeError
-from .testing import Case, CaseError, assert_state_dtype_invariant, x64_for
+from ._errors import CASTABLE_KINDS, Mismatch
+from .testing import Case, CaseError, x64_for
 
 OPTAX_TARGET = "optax"
 JIT_STEPS = 3
@@ -424,30 +424,7 @@ def _jit_compiles(case: Case, dtype: str) -> tuple[int, str | None]:
 def _check(case: Case, dtype: str, weak_type: bool, x64: str | None) -> list[Mismatch]:
     """`case.run(dtype)`, or, where `x64` names a 64-bit dtype that the case's
     arguments hold (mixed precision), the same check with x64 on."""
-    if x64 is None:
-        return case.run(dtype, weak_type=weak_type)
-    where = f"Case {case.name!r} at dtype {dtype}"
-    with x64_for(x64):
-        try:
-            state = case.make_state(dtype)
-            args = tuple(case.make_args(dtype))
-        except Exception as error:
-            raise CaseError(f"{where}: building its inputs raised {_first_line(error)}") from error
-        try:
-            assert_state_dtype_invariant(
-                case.fn,
-                state,
-                *args,
-                state_arg=case.state_arg,
-                out=case.out,
-                weak_type=weak_type,
-                **dict(case.kwargs or {}),
-            )
-        except StateDtypeError as error:
-            return error.mismatches
-        except Exception as error:
-            raise CaseError(f"{where}: tracing raised {type(error).__name__}: {error}") from error
-    return []
+    return case._run(dtype, weak_type=weak_type, widest=x64 or dtype)
 
 
 def _cast_left(case: Case, dtype: str, weak_type: bool, x64: str | None) -> list[Mismatch]:

@@ -226,9 +226,14 @@ class Case:
         function raises (the original exception is its `__cause__`);
         `ValueError` for an unknown dtype.
         """
+        return self._run(dtype, weak_type=weak_type, widest=dtype)
+
+    def _run(self, dtype: Any, *, weak_type: bool, widest: Any) -> list[Mismatch]:
+        """`run`, with x64 set by `widest`, the widest dtype the inputs hold
+        (the audit's mixed precision gives the arguments another dtype)."""
         name = _dtype_name(dtype)
         where = f"Case {self.name!r} at dtype {name}"
-        with x64_for(name):
+        with x64_for(_dtype_name(widest)):
             state = self._build(where, name, "make_state", self.make_state)
             args = self._build(where, name, "make_args", self.make_args)
             if not isinstance(args, (tuple, list)):

@@ -82,8 +82,10 @@ def test_header_says_whether_strict_mode_is_on(pytester):
     result.stdout.fnmatch_lines(["jax_dtypeguard strict mode: on (--dtypeguard-strict)"])
 
 
+# Runs that turn warnings into errors go in a subprocess: in process, they would
+# also see whatever state earlier tests of a full run left behind.
 def test_marker_is_per_test_and_registered(probe):
-    result = probe.runpytest("-s", "--strict-markers", "-W", "error")
+    result = probe.runpytest_subprocess("-s", "--strict-markers", "-W", "error")
     result.assert_outcomes(passed=4, warnings=0)
     assert probes(result) == [
         "PROBE marked strict=True raised=True",
@@ -94,7 +96,9 @@ def test_marker_is_per_test_and_registered(probe):
 
 
 def test_option_makes_the_whole_session_strict_and_the_marker_can_opt_out(probe):
-    result = probe.runpytest("-s", "--dtypeguard-strict", "--strict-markers", "-W", "error")
+    result = probe.runpytest_subprocess(
+        "-s", "--dtypeguard-strict", "--strict-markers", "-W", "error"
+    )
     result.assert_outcomes(passed=4, warnings=0)
     assert probes(result) == [
         "PROBE marked strict=True raised=True",

@@ -390,7 +390,9 @@ SWEPT = textwrap.dedent(
 
 def test_parametrize_dtypes_in_a_real_pytest_run(pytester):
     pytester.makepyfile(test_swept=SWEPT)
-    result = pytester.runpytest("-s", "-v", "--strict-markers", "-W", "error", "-p", "no:randomly")
+    result = pytester.runpytest_subprocess(
+        "-s", "-v", "--strict-markers", "-W", "error", "-p", "no:randomly"
+    )
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(
         [

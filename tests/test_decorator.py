@@ -352,15 +352,21 @@ def test_cast_adds_exactly_one_conversion_per_drifting_leaf():
     assert converts(state_dtype_invariant(step, mode="cast")) == converts(step) + 2
 
 
-def test_eager_verdicts_are_cached_per_signature(monkeypatch):
+def count_calls(monkeypatch, module, name):
+    """Replaces `module.name` by a wrapper that records each call; returns the record."""
     calls = []
-    real = _decorator.compare_states
+    real = getattr(module, name)
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_decorator, "compare_states", counting)
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_eager_verdicts_are_cached_per_signature(monkeypatch):
+    calls = count_calls(monkeypatch, _decorator, "compare_states")
     guarded = state_dtype_invariant(lambda s: s * jnp.float32(2), mode="warn")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -415,14 +421,7 @@ def test_partial_functions():
 def test_eager_warn_loops_explain_each_signature_once(monkeypatch):
     from jax_dtypeguard import _provenance
 
-    calls = []
-    real = _provenance.explain
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_provenance, "explain", counting)
+    calls = count_calls(monkeypatch, _provenance, "explain")
     guarded = state_dtype_invariant(lambda s, v: s * v, mode="warn")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -174,7 +174,7 @@ class _Guard:
             return self.fn(*args, **kwargs)
         found, state_in = self.parameter.find(args, kwargs)
         if not found:
-            result = self.fn(*args, **kwargs)
+            self.fn(*args, **kwargs)  # raises Python's own error for the missing argument
             raise TypeError(
                 f"{describe_location(self.fn)[0]} was called without its state "
                 f"argument '{self.parameter.name}'; pass it positionally or by keyword."
@@ -197,14 +197,15 @@ class _Guard:
     def _select(self, result: Any) -> Any:
         if self.out is None:
             return result
-        name = describe_location(self.fn)[0]
         if not isinstance(result, (tuple, list)):
+            name = describe_location(self.fn)[0]
             raise TypeError(
                 f"{name} returned {_a_value_of(result)}, but out={self.out} "
                 "expects a tuple or list holding the new state; use out=None if "
                 "the function returns the state itself."
             )
         if not -len(result) <= self.out < len(result):
+            name = describe_location(self.fn)[0]
             raise ValueError(
                 f"out={self.out} is past the {len(result)} values {name} returned; "
                 f"use an index below {len(result)}."

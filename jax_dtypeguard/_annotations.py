@@ -217,6 +217,20 @@ def _record(cls: type) -> _Record:
     return record
 
 
+# What a Python scalar argument becomes under jit/vmap: a 0-d weakly typed
+# tracer of the same kind (a Python bool: a 0-d bool). It still satisfies `float`.
+_SCALAR_KINDS = {bool: "b", int: "iu", float: "f", complex: "c"}
+
+
+def _traced_python_scalar(value: Any, hint: Any) -> bool:
+    kinds = _SCALAR_KINDS.get(hint)
+    if kinds is None or not isinstance(value, Tracer):
+        return False
+    aval = value.aval
+    weak_enough = hint is bool or aval.weak_type
+    return aval.shape == () and weak_enough and np.dtype(aval.dtype).kind in kinds
+
+
 class _Walk:
     """One deep check, collecting mismatches; warnings go through the checker."""
 
@@ -266,7 +280,7 @@ class _Walk:
             if issubclass(hint, jaxtyping.PyTree) and hint is not jaxtyping.PyTree:
                 if not isinstance(value, hint):  # every leaf, in this memo
                     self.fail(path, text, value, dims=True)
-            elif not isinstance(value, hint):
+            elif not isinstance(value, hint) and not _traced_python_scalar(value, hint):
                 self.fail(path, text, value)
             else:
                 self.by_value(path, value)

@@ -648,3 +648,22 @@ def test_real_optax_annotations_check_without_warnings():
         _, state = update(params, tx.init(params))
         _, state = jax.jit(update)(params, state)
     assert int(state[0].count) == 2
+
+
+def test_python_scalar_hints_accept_what_jit_makes_of_python_scalars():
+    @state_dtype_invariant
+    def step(state: Float[Array, " n"], lr: float, steps: int, flag: bool) -> Float[Array, " n"]:
+        return state * lr
+
+    state = jnp.ones(3)
+    assert jax.jit(step)(state, 0.5, 3, True).shape == (3,)
+    assert jax.vmap(step, in_axes=(0, None, None, None))(jnp.ones((2, 3)), 0.5, 3, True).shape == (
+        2,
+        3,
+    )
+    with pytest.raises(StateDtypeError, match=r"lr: float -> "):
+        jax.jit(step)(state, jnp.ones(3), 3, True)  # not a scalar
+    with pytest.raises(StateDtypeError, match=r"lr: float -> "):
+        jax.jit(step)(state, jnp.float32(0.5), 3, True)  # a strong array, not a Python float
+    with pytest.raises(StateDtypeError, match=r"steps: int -> "):
+        jax.jit(step)(state, 0.5, 3.0, True)

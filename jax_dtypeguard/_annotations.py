@@ -226,7 +226,7 @@ def _traced_python_scalar(value: Any, hint: Any) -> bool:
     kinds = _SCALAR_KINDS.get(hint)
     if kinds is None or not isinstance(value, Tracer):
         return False
-    aval = value.aval
+    aval: Any = value.aval
     weak_enough = hint is bool or aval.weak_type
     return aval.shape == () and weak_enough and np.dtype(aval.dtype).kind in kinds
 

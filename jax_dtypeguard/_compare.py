@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -84,7 +85,7 @@ def _describe(node: Any, path: str, other: Any = None) -> str:
     children, _ = _one_level(node)
     kind = type(node)
     if kind is dict:
-        keys = sorted(map(str, (k.key for k in _keys(node))))
+        keys = sorted(map(str, node))
         if len(keys) <= _MAX_KEYS_SHOWN:
             return f"dict with keys {keys}"
         # A large dict: its size, and the keys the other side lacks (a bounded message).
@@ -98,11 +99,6 @@ def _describe(node: Any, path: str, other: Any = None) -> str:
     return f"{kind.__qualname__}({fields})"
 
 
-def _keys(node: Any) -> list[Any]:
-    entries, _ = _tree.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
-    return [path[0] for path, _ in entries]
-
-
 def _is_leaf(node: Any) -> bool:
     treedef = _tree.tree_structure(node)
     return treedef.num_nodes == 1 and treedef.num_leaves == 1
@@ -114,14 +110,23 @@ def _one_level(node: Any) -> tuple[dict[str, Any], Any]:
     return {_tree.keystr(path): child for path, child in entries}, treedef
 
 
+def _drifting_leaves(
+    a: Any, b: Any, root: str, weak_type: bool
+) -> Iterator[tuple[int, Any, list[Mismatch], bool]]:
+    """For two trees of one structure: (index, input leaf, mismatches, castable) per drifting leaf."""
+    entries, _ = _tree.tree_flatten_with_path(a)
+    for index, ((path, leaf_a), leaf_b) in enumerate(zip(entries, _tree.tree_leaves(b))):
+        leaf_found = compare_leaves(root + _tree.keystr(path), leaf_a, leaf_b, weak_type)
+        if leaf_found:
+            yield index, leaf_a, leaf_found, _is_castable(leaf_a, leaf_b, leaf_found)
+
+
 def _compare_flat(
     a: Any, b: Any, root: str, weak_type: bool, found: list[Mismatch], unfixable: list[Mismatch]
 ) -> None:
-    entries, _ = _tree.tree_flatten_with_path(a)
-    for (path, leaf_a), leaf_b in zip(entries, _tree.tree_leaves(b)):
-        leaf_found = compare_leaves(root + _tree.keystr(path), leaf_a, leaf_b, weak_type)
+    for _, _, leaf_found, castable in _drifting_leaves(a, b, root, weak_type):
         found.extend(leaf_found)
-        if leaf_found and not _is_castable(leaf_a, leaf_b, leaf_found):
+        if not castable:
             unfixable.extend(leaf_found)
 
 
@@ -157,21 +162,17 @@ def _walk(
 def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = True) -> Verdict:
     """Compares two states leaf by leaf; paths start at `root`."""
     found: list[Mismatch] = []
-    tree_in = _tree.tree_structure(state_in)
-    leaves_out, tree_out = _tree.tree_flatten(state_out)
-    if tree_in != tree_out:
-        unfixable: list[Mismatch] = []
-        _walk(state_in, state_out, root, weak_type, found, unfixable)
-        return Verdict(tuple(found), (), tuple(unfixable))
-    entries, _ = _tree.tree_flatten_with_path(state_in)
-    castable, uncastable = [], []
-    for index, ((path, a), b) in enumerate(zip(entries, leaves_out)):
-        leaf_found = compare_leaves(root + _tree.keystr(path), a, b, weak_type)
-        if not leaf_found:
-            continue
+    uncastable: list[Mismatch] = []
+    if _tree.tree_structure(state_in) != _tree.tree_structure(state_out):
+        _walk(state_in, state_out, root, weak_type, found, uncastable)
+        return Verdict(tuple(found), (), tuple(uncastable))
+    castable = []
+    for index, leaf_in, leaf_found, fixable in _drifting_leaves(
+        state_in, state_out, root, weak_type
+    ):
         found.extend(leaf_found)
-        if _is_castable(a, b, leaf_found):
-            castable.append((index, LeafSignature.of(a)))
+        if fixable:
+            castable.append((index, LeafSignature.of(leaf_in)))
         else:
             uncastable.extend(leaf_found)
     return Verdict(tuple(found), tuple(castable), tuple(uncastable))

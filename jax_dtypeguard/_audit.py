@@ -26,7 +26,7 @@ from . import _config
 from ._compat import jit_cache_size
 from ._decorator import StateParameter, _Guard
 from ._errors import CASTABLE_KINDS, Mismatch
-from .testing import Case, CaseError, x64_for
+from .testing import Case, CaseError, _split_static, x64_for
 
 OPTAX_TARGET = "optax"
 JIT_STEPS = 3
@@ -400,19 +400,16 @@ def _jit_compiles(case: Case, dtype: str) -> tuple[int, str | None]:
     state = case.make_state(dtype)
     args = list(case.make_args(dtype))
     kwargs = dict(case.kwargs or {})
-    leaves, treedef = jax.tree.flatten((args, kwargs))
-    dynamic = [isinstance(leaf, (jax.Array, np.ndarray, np.generic)) for leaf in leaves]
+    # Python scalars stay constants, as they would in a user's jitted loop.
+    inputs, rebuild = _split_static((args, kwargs), (jax.Array, np.ndarray, np.generic))
 
-    def step(state: Any, dynamic_leaves: list[Any]) -> Any:
-        it = iter(dynamic_leaves)
-        full = [next(it) if d else leaf for leaf, d in zip(leaves, dynamic)]
-        positional, keywords = jax.tree.unflatten(treedef, full)
+    def step(state: Any, values: list[Any]) -> Any:
+        positional, keywords = rebuild(values)
         positional.insert(case.state_arg, state)
         result = case.fn(*positional, **keywords)
         return result if case.out is None else result[case.out]
 
     jitted = jax.jit(step)
-    inputs = [leaf for leaf, d in zip(leaves, dynamic) if d]
     for index in range(JIT_STEPS):
         try:
             state = jitted(state, inputs)

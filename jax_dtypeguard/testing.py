@@ -57,10 +57,24 @@ class _Assertion(_Guard):
     follows_config = False
 
 
-def _is_dynamic(leaf: Any) -> bool:
-    return isinstance(
-        leaf, (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, bool, int, float, complex)
-    )
+_TRACEABLE = (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, bool, int, float, complex)
+
+
+def _split_static(
+    tree: Any, traced_types: tuple[type, ...] = _TRACEABLE
+) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    """The leaves of `tree` that JAX should trace, and a function rebuilding the
+    tree from new values for them; every other leaf (a function, a string) is
+    kept as it is, a constant of the trace."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    traced = [isinstance(leaf, traced_types) for leaf in leaves]
+
+    def rebuild(values: list[Any]) -> Any:
+        it = iter(values)
+        full = [next(it) if t else leaf for leaf, t in zip(leaves, traced)]
+        return jax.tree_util.tree_unflatten(treedef, full)
+
+    return [leaf for leaf, t in zip(leaves, traced) if t], rebuild
 
 
 def assert_state_dtype_invariant(
@@ -123,16 +137,13 @@ def assert_state_dtype_invariant(
     call_args = [*args[:state_arg], state, *args[state_arg:]]
     parameter = StateParameter.at(fn, state_arg, "state")
     guard = _Assertion(fn, parameter, out, "check", weak_type, annotations=True)
-    leaves, treedef = jax.tree_util.tree_flatten((call_args, kwargs))
-    dynamic = [_is_dynamic(leaf) for leaf in leaves]
+    inputs, rebuild = _split_static((call_args, kwargs))
 
-    def traced(dynamic_leaves: list[Any]) -> Any:
-        it = iter(dynamic_leaves)
-        full = [next(it) if d else leaf for leaf, d in zip(leaves, dynamic)]
-        positional, keywords = jax.tree_util.tree_unflatten(treedef, full)
+    def traced(values: list[Any]) -> Any:
+        positional, keywords = rebuild(values)
         guard(*positional, **keywords)
 
-    jax.eval_shape(traced, [leaf for leaf, d in zip(leaves, dynamic) if d])
+    jax.eval_shape(traced, inputs)
 
 
 def _no_args(dtype: str) -> tuple[Any, ...]:

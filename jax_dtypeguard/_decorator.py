@@ -37,6 +37,18 @@ def describe_location(fn: Callable[..., Any]) -> tuple[str, str]:
     return name, f"{short_path(code.co_filename)}:{code.co_firstlineno}"
 
 
+def parameter_name(fn: Callable[..., Any], position: int, fallback: str) -> str:
+    """The name of `fn`'s positional parameter `position`, else `fallback`."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return fallback
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if position < len(parameters) and parameters[position].kind in positional:
+        return parameters[position].name
+    return fallback
+
+
 class StateParameter:
     """Where the state is among a function's arguments."""
 
@@ -96,11 +108,7 @@ class StateParameter:
         """The positional argument `position` of every call, named after `fn`'s parameter."""
         parameter = cls.__new__(cls)
         parameter.position, parameter.keyword, parameter.default = position, None, _EMPTY
-        try:
-            names = list(inspect.signature(fn).parameters)
-        except (TypeError, ValueError):
-            names = []
-        parameter.name = names[position] if position < len(names) else fallback_name
+        parameter.name = parameter_name(fn, position, fallback_name)
         return parameter
 
     def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:

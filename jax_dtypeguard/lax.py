@@ -17,32 +17,12 @@ from typing import Any
 import jax
 
 from ._config import effective, validate_mode
-from ._decorator import StateParameter, _Guard
+from ._decorator import StateParameter, _Guard, parameter_name
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
 
 _EMPTY = inspect.Parameter.empty
 _NO_OPERAND = object()
-
-
-def _parameter_name(fn: Callable[..., Any], position: int, fallback: str) -> str:
-    try:
-        parameters = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return fallback
-    if position < len(parameters) and parameters[position].kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    ):
-        return parameters[position].name
-    return fallback
-
-
-class _Carry(StateParameter):
-    """The state of a loop body: its positional argument `position`."""
-
-    def __init__(self, name: str, position: int) -> None:
-        self.name, self.position, self.keyword, self.default = name, position, None, _EMPTY
 
 
 class _Operands(StateParameter):
@@ -143,12 +123,12 @@ def _guard(
 
 
 def _carry(position: int) -> Callable[[Callable[..., Any]], StateParameter]:
-    return lambda fn: _Carry(_parameter_name(fn, position, "carry"), position)
+    return lambda fn: StateParameter.at(fn, position, "carry")
 
 
 def _operands(count: int) -> Callable[[Callable[..., Any]], StateParameter]:
     if count == 1:
-        return lambda fn: _Operands(_parameter_name(fn, 0, "operand"), 1)
+        return lambda fn: _Operands(parameter_name(fn, 0, "operand"), 1)
     return lambda fn: _Operands("operands", count)
 
 

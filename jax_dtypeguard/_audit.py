@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import importlib
 import inspect
 import logging
@@ -24,8 +23,9 @@ import numpy as np
 
 from . import _config
 from ._compat import jit_cache_size
-from ._decorator import StateParameter, _Guard
 from ._errors import CASTABLE_KINDS, Mismatch
+from ._guard import Guard, guarded_callable
+from ._plan import CallPlan, StateParameter
 from .testing import Case, CaseError, _split_static, x64_for
 
 OPTAX_TARGET = "optax"
@@ -426,19 +426,9 @@ def _check(case: Case, dtype: str, weak_type: bool, x64: str | None) -> list[Mis
 
 def _cast_left(case: Case, dtype: str, weak_type: bool, x64: str | None) -> list[Mismatch]:
     """What remains after cast mode, for a case with dtype/weak_type drift."""
-    guard = _Guard(
-        case.fn,
-        StateParameter.at(case.fn, case.state_arg, "state"),
-        case.out,
-        "cast",
-        weak_type,
-        annotations=False,
-    )
-
-    @functools.wraps(case.fn)
-    def cast_fn(*args: Any, **kwargs: Any) -> Any:
-        return guard(*args, **kwargs)
-
+    plan = CallPlan.single(StateParameter.at(case.fn, case.state_arg, "state"), case.out)
+    guard = Guard(case.fn, plan, mode="cast", weak_type=weak_type, annotations=False)
+    cast_fn = guarded_callable(guard)
     return _check(dataclasses.replace(case, fn=cast_fn), dtype, weak_type, x64)
 
 

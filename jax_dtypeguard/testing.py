@@ -16,8 +16,10 @@ import jax
 import numpy as np
 
 from ._compat import enable_x64
-from ._decorator import StateParameter, _Guard, _validate, describe_location
+from ._decorator import _validate
 from ._errors import Mismatch, StateDtypeError
+from ._guard import Guard
+from ._plan import CallPlan, StateParameter, describe_location
 
 __all__ = [
     "DTYPES",
@@ -49,12 +51,6 @@ class CaseError(RuntimeError):
 
 
 CaseError.__module__ = "jax_dtypeguard.testing"
-
-
-class _Assertion(_Guard):
-    """A guard that checks exactly as asked: `config` and strict mode do not apply."""
-
-    follows_config = False
 
 
 _TRACEABLE = (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, bool, int, float, complex)
@@ -135,8 +131,8 @@ def assert_state_dtype_invariant(
         )
     _validate("check", weak_type, True, out, None)
     call_args = [*args[:state_arg], state, *args[state_arg:]]
-    parameter = StateParameter.at(fn, state_arg, "state")
-    guard = _Assertion(fn, parameter, out, "check", weak_type, annotations=True)
+    plan = CallPlan.single(StateParameter.at(fn, state_arg, "state"), out)
+    guard = Guard(fn, plan, mode="check", weak_type=weak_type, follows_config=False)
     inputs, rebuild = _split_static((call_args, kwargs))
 
     def traced(values: list[Any]) -> Any:

@@ -169,6 +169,8 @@ class _Guard:
 
     # False: exactly the declared mode and weak_type, whatever the configuration (testing).
     follows_config = True
+    # (name, "file:line") a report gives the function, where not its own (`invariant(adamw)`).
+    title: tuple[str, str] | None = None
 
     def settings(self) -> tuple[str, bool]:
         """The (mode, weak_type) of this call: the configuration applied to the declared ones."""
@@ -286,7 +288,7 @@ class _Guard:
         self, mismatches: list[Mismatch], mode: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         mismatches = self._explain(mismatches, args, kwargs)
-        name, location = describe_location(self.fn)
+        name, location = self.title or describe_location(self.fn)
         strict = mode == "check" and self.follows_config and _config.config.strict
         hint = "strict" if strict else mode
         message = format_report(name, location, self.parameter.name, mismatches, hint)

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import optax
 
+from ._call_site import written_argument
+from ._compat import Tracer, convert_element_type
 from ._config import effective, retracing, validate_mode
 from ._decorator import StateParameter, _Guard, describe_location
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning
-from ._call_site import written_argument
-from ._compat import Tracer, convert_element_type
 from ._signature import LeafSignature, NotALeafError
 
 __all__ = ["invariant"]
@@ -149,8 +149,13 @@ class _ParamsGuard:
         """(mode, weak_type) now: weak_type is compared in strict mode only."""
         return effective(self.mode, False)
 
-    def repair(self, tree: Any, params: Any, root: str, what: str, explain: Any = None) -> Any:
-        """`tree` in the params' dtypes (cast mode), or the report of how it differs."""
+    def repair(
+        self, tree: Any, params: Any, root: str, what: str, remedy: str, explain: Any = None
+    ) -> Any:
+        """`tree` in the params' dtypes (cast mode), or the report of how it differs.
+
+        `what` completes the report's first line; `remedy` is the hint's other way out.
+        """
         mode, weak_type = self.settings()
         if mode == "off":
             return tree
@@ -164,11 +169,16 @@ class _ParamsGuard:
                 return _cast_to_params(tree, comparison.casts)
         if explain is not None:
             reported = explain(reported)
-        self.report(reported, comparison, mode, what)
+        self.report(reported, comparison, mode, what, remedy)
         return tree
 
     def report(
-        self, mismatches: list[Mismatch], comparison: _ParamsComparison, mode: str, what: str
+        self,
+        mismatches: list[Mismatch],
+        comparison: _ParamsComparison,
+        mode: str,
+        what: str,
+        remedy: str,
     ) -> None:
         count = f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"
         lines = [f"{self.name} ({self.location}) {what} ({count}):"]
@@ -178,7 +188,7 @@ class _ParamsGuard:
             if mismatch.origin is not None:
                 line += f"  ({mismatch.origin})"
             lines.append(line)
-        lines.append(self.hint(mismatches, comparison, mode))
+        lines.append(self.hint(mismatches, comparison, mode, remedy))
         message = "\n".join(lines)
         if mode == "warn":
             if not retracing.get():
@@ -186,8 +196,12 @@ class _ParamsGuard:
             return
         raise StateDtypeError(message, mismatches, self.name)
 
-    def hint(self, mismatches: list[Mismatch], comparison: _ParamsComparison, mode: str) -> str:
-        rule = "an update keeps its param's shape, and a change of kind (int -> float) is never cast"
+    def hint(
+        self, mismatches: list[Mismatch], comparison: _ParamsComparison, mode: str, remedy: str
+    ) -> str:
+        rule = (
+            "an update keeps its param's shape, and a change of kind (int -> float) is never cast"
+        )
         if mode == "cast":
             return f"Hint: casting cannot fix these: {rule}."
         if self.settings()[1]:  # strict mode
@@ -197,10 +211,12 @@ class _ParamsGuard:
             )
         else:
             follows = ", which updates follows," if self.argument == "mode" else ""
-            fix = f'pass {self.argument}="cast" to invariant{follows} to cast to the params\' dtypes'
+            fix = (
+                f'pass {self.argument}="cast" to invariant{follows} to cast to the params\' dtypes'
+            )
         if any(m in comparison.uncastable for m in mismatches):
             fix += f" ({rule})"
-        return f"Hint: {fix}, or compute the grads in the params' dtypes."
+        return f"Hint: {fix}, or {remedy}."
 
 
 def _value_fn_at_params_types(value_fn: Any, params: Any, guard: _ParamsGuard) -> Any:
@@ -209,7 +225,11 @@ def _value_fn_at_params_types(value_fn: Any, params: Any, guard: _ParamsGuard) -
     @functools.wraps(value_fn)
     def value_fn_at_params_types(trial: Any, *args: Any, **kwargs: Any) -> Any:
         trial = guard.repair(
-            trial, params, "value_fn(params)", "called value_fn with params of other types"
+            trial,
+            params,
+            "value_fn(params)",
+            "called value_fn with params of other types than update's params",
+            "make value_fn accept params of any float dtype",
         )
         return value_fn(trial, *args, **kwargs)
 
@@ -288,7 +308,9 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) ->
         annotations=False,
     )
     state_guard.title = (name, location)
-    params_guard = _ParamsGuard(updates if updates is not None else mode, updates is not None, name, location)
+    params_guard = _ParamsGuard(
+        updates if updates is not None else mode, updates is not None, name, location
+    )
     updates_parameter = _Argument("updates", 2, "params")
 
     def guarded_update(grads: Any, state: Any, params: Any, extra_args: dict[str, Any]) -> Any:
@@ -307,7 +329,12 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) ->
             return explain(inner.update, updates_parameter, 0, args, extra_args, mismatches)
 
         new_updates = params_guard.repair(
-            new_updates, params, "updates", "returned updates whose types differ from the params'", explain
+            new_updates,
+            params,
+            "updates",
+            "returned updates whose types differ from the params'",
+            "compute the grads in the params' dtypes",
+            explain,
         )
         return new_updates, new_state
 

@@ -248,6 +248,18 @@ class _Traced:
         outputs = {_tree.keystr(path): offset + j for j, (path, _) in enumerate(entries)}
         return closed, labels, state_invars, outputs
 
+    def choose(self, reached: list[int], path: str, only: bool) -> int | None:
+        """The argument to name: the one at the drifting leaf's own keypath (`updates['w']`
+        for `opt_state['w']`), else the first reached; for a replaced leaf, else the only one.
+        """
+        for position in reached:
+            label = self.labels[position]
+            if path and label.endswith(path) and not label[: -len(path)].endswith(("[", ".")):
+                return position
+        if only:
+            return reached[0] if len(reached) == 1 else None
+        return reached[0] if reached else None
+
     def origin(self, walker: _Walker, path: str, kind: str) -> Origin | None:
         """Where the leaf at `path` (below the state's name) first left its input type."""
         output = self.outputs.get(path)
@@ -259,9 +271,8 @@ class _Traced:
         found = walker.locate(walker.root, walker.root.jaxpr.outvars[output], departs, invar)
         if found is None:
             return None
-        argument = walker.argument(found)
-        if argument is not None and argument == invar:
-            argument = None
+        reached = [a for a in walker.arguments(found) if a != invar]
+        argument = self.choose(reached, path, only=found.replaced)
         # A jaxpr traced inside `jit` records frames up to the jit only: then the
         # enclosing equations say where.
         location, eqn, frame = None, found.eqn, found.frame
@@ -405,6 +416,7 @@ class _Found:
     frame: _Frame
     argument: int | None = None  # a top-level jaxpr input
     blame: tuple[Any, ...] = ()  # (frame, atoms): other operands to trace back to an argument
+    replaced: bool = False  # the output leaf does not depend on the input leaf
 
 
 class _Walker:
@@ -657,7 +669,12 @@ class _Walker:
             ]
         else:
             promoted = []
-        if bit and frame.mask(atom) & bit:
+        if bit and not frame.mask(atom) & bit:
+            # The input leaf does not reach this value: the function replaced the leaf, and
+            # this is the equation that wrote the value returned in its place.
+            stack.append(_Found(eqn, frame, blame=(frame, *candidates), replaced=True))
+            return
+        if bit:
             others = tuple(x for x in candidates if not frame.mask(x) & bit)
             stack.append(_Found(eqn, frame, blame=(frame, *others) if others else ()))
             for x in reversed(candidates):
@@ -683,11 +700,14 @@ class _Walker:
             return False
         return not weak or bool(getattr(produced[0].invars[0].aval, "weak_type", False))
 
-    def argument(self, found: _Found) -> int | None:
-        """The top-level input the drift came from, if it came from one."""
-        if found.argument is not None or not found.blame:
-            return found.argument
+    def arguments(self, found: _Found) -> list[int]:
+        """The top-level inputs the drift came from, in the order the walk reaches them."""
+        if found.argument is not None:
+            return [found.argument]
+        if not found.blame:
+            return []
         frame, *atoms = found.blame
+        reached: list[int] = []
         for atom in atoms:
             produced = None if _is_literal(atom) else frame.producer.get(atom)
             if produced is not None and produced[0].primitive.name == "convert_element_type":
@@ -696,7 +716,44 @@ class _Walker:
             if dtype is None:
                 continue
             same = lambda aval, dtype=dtype: getattr(aval, "dtype", None) == dtype  # noqa: E731
-            traced = self.locate(frame, atom, same, None, consumer=(found.eqn, found.frame))
-            if traced is not None and traced.argument is not None:
-                return traced.argument
-        return None
+            for position in self.reach(frame, atom, same):
+                if position not in reached:
+                    reached.append(position)
+        return reached
+
+    def reach(self, frame: _Frame, atom: Any, same: Callable[[Any], bool]) -> list[int]:
+        """Every top-level input that `atom` depends on through values for which `same` holds."""
+        reached: list[int] = []
+        stack: list[tuple[_Frame, Any]] = [(frame, atom)]
+        seen: set[tuple[int, Any]] = set()
+        while stack:
+            frame, atom = stack.pop()
+            self.tick()
+            if _is_literal(atom) or atom in frame.consts or (id(frame), atom) in seen:
+                continue
+            seen.add((id(frame), atom))
+            position = frame.invars.get(atom)
+            if position is not None:
+                if frame.parent is None:
+                    reached.append(position)
+                elif position not in frame.blocked:
+                    stack.append((frame.parent, frame.inputs[position]))
+                continue
+            produced = frame.producer.get(atom)
+            if produced is None:
+                continue
+            eqn, k = produced
+            inner = self.inner(frame, eqn, k)
+            if inner is not None:
+                stack.extend(inner)
+                continue
+            stack.extend((frame, x) for x in reversed(eqn.invars) if same(getattr(x, "aval", None)))
+        return reached
+
+    def inner(self, frame: _Frame, eqn: Any, k: int) -> list[tuple[_Frame, Any]] | None:
+        """Where output `k` of a call, branch or loop equation comes from; None for others."""
+        stack: list[Any] = []
+        self.expand(frame, eqn, k, eqn.outvars[k], None, lambda aval: True, 0, stack)
+        if eqn.primitive.name not in ("cond", "while", "scan") and _call_jaxpr(eqn) is None:
+            return None
+        return [(item[0], item[1]) for item in stack if isinstance(item, tuple)]

@@ -30,17 +30,14 @@ import numpy as np
 from beartype.door import is_bearable
 
 from ._compat import Tracer
+from ._compat import get_shape_memo as _get_shape_memo
 from ._errors import Mismatch
 from ._signature import LeafSignature, NotALeafError, remember
 
-# --- jaxtyping private API: only here. -------------------------------------------
+# --- jaxtyping private API (from _compat). ---------------------------------------
 # The dimension sizes bound so far in the current memo, for messages only.
 # `tests/test_annotations.py::test_jaxtyping_private_memo_api` fails loudly if
 # jaxtyping moves it; without it, messages just lack the bindings.
-try:
-    from jaxtyping._storage import get_shape_memo as _get_shape_memo
-except ImportError:  # pragma: no cover - a jaxtyping that moved its storage
-    _get_shape_memo = None
 
 
 def dimension_bindings() -> dict[str, Any]:

@@ -99,7 +99,8 @@ class Guard:
       the testing assertions, which check exactly what they are asked).
     - `annotations`: whether to check `fn`'s jaxtyping annotations.
     - `hold_weakly`: keep only a weak reference to `fn` (cached loop bodies).
-    - `label`: the function's name in reports (default: its qualified name).
+    - `title`: `(name, "file:line")` that reports give the function, where not
+      its own (`invariant(adamw)`).
     """
 
     def __init__(
@@ -112,14 +113,14 @@ class Guard:
         annotations: bool = True,
         follows_config: bool = True,
         hold_weakly: bool = False,
-        label: str | None = None,
+        title: tuple[str, str] | None = None,
     ) -> None:
         self._fn: Callable[[], Any] = weakref.ref(fn) if hold_weakly else (lambda: fn)
         self.plan = plan
         self.mode = mode
         self.weak_type = weak_type
         self.follows_config = follows_config
-        self.label = label
+        self.title = title
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
         self.verdicts: dict[Any, Verdict] = {}
         self.explained: dict[Any, list[Mismatch]] = {}
@@ -199,7 +200,7 @@ class Guard:
 
     @property
     def name(self) -> str:
-        return self.label or describe_location(self.fn)[0]
+        return self.title[0] if self.title else describe_location(self.fn)[0]
 
     def _verdict(
         self,
@@ -266,7 +267,7 @@ class Guard:
     ) -> None:
         __tracebackhide__ = True
         mismatches = self._explain(mismatches, args, kwargs)
-        location = describe_location(self.fn)[1]
+        location = self.title[1] if self.title else describe_location(self.fn)[1]
         message = format_report(self.name, location, self.plan.names, mismatches, mode, strict)
         if mode == "warn":
             if not _config.retracing.get():

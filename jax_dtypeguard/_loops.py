@@ -26,12 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from . import _config
 from ._carry import Rule, accepted_scalars, carry_verdict
 from ._cast import cast_back
 from ._decorator import describe_location, parameter_name
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
+from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
 _NO_OPERAND = object()
@@ -275,8 +277,31 @@ def _branch_names(name: str, count: int) -> list[str]:
     return ["true_fun", "false_fun"] if name == "cond" else [f"branches[{i}]" for i in range(count)]
 
 
-def _compare_branches(name: str, records: list[_Recorded], operands: Any, settings: Any):
-    """(reference index, [(branch index, verdict)] of disagreeing branches, root name)."""
+def _narrowest(outputs: list[Any]) -> Any:
+    """Per leaf, the dtype every branch's dtype promotes from (a promotion widens), else None."""
+    trees = [_tree.tree_structure(output) for output in outputs]
+    if any(tree != trees[0] for tree in trees):
+        return None
+    columns = zip(*(_tree.tree_leaves(output) for output in outputs))
+    target = []
+    for column in columns:
+        signatures = [LeafSignature.of(leaf) for leaf in column]
+        if any(s.shape != signatures[0].shape for s in signatures):
+            return None
+        bottom = [
+            s
+            for s in signatures
+            if all(jnp.promote_types(s.dtype, o.dtype) == o.dtype for o in signatures)
+        ]
+        if not bottom:
+            return None
+        target.append(jax.ShapeDtypeStruct(bottom[0].shape, bottom[0].dtype))
+    return _tree.tree_unflatten(trees[0], target)
+
+
+def _compare_branches(records: list[_Recorded], operands: Any, settings: Any):
+    """(index of the branch that keeps the operands' types, the types to compare with,
+    [(branch index, verdict)] of the branches that differ from them, root name)."""
     state = operands[0] if len(operands) == 1 else tuple(operands)
     root = parameter_name(records[0].fn, 0, "operand") if len(operands) == 1 else "operands"
     keeps = [
@@ -285,15 +310,21 @@ def _compare_branches(name: str, records: list[_Recorded], operands: Any, settin
         if not carry_verdict(state, record.output, root, "branches", False).mismatches
     ]
     reference = keeps[0] if keeps else None
-    if reference is None:
+    if reference is not None:
+        target = records[reference].output
+    else:
         root = "output"
-    base = records[reference if reference is not None else 0].output
+        try:
+            target = _narrowest([record.output for record in records])
+        except NotALeafError:
+            target = None
     disagreeing = []
     for i, record in enumerate(records):
+        base = records[0].output if target is None else target
         verdict = carry_verdict(base, record.output, root, "branches", settings.weak_type)
         if verdict.mismatches:
             disagreeing.append((i, verdict))
-    return reference, disagreeing, root
+    return reference, target, disagreeing, root
 
 
 def _branches(name: str, original: Any, settings: Any, args: Any, kwargs: Any) -> Any:
@@ -322,29 +353,36 @@ def _branches(name: str, original: Any, settings: Any, args: Any, kwargs: Any) -
         if jax_error is None:
             return result
         raise jax_error
-    reference, disagreeing, root = _compare_branches(name, records, operands, settings)
+    reference, target, disagreeing, root = _compare_branches(records, operands, settings)
     if not disagreeing:
         if jax_error is not None:
             raise jax_error
         return result
     mode = settings.mode
     names = _branch_names(name, len(fns))
-    if mode == "cast" and reference is not None:
-        if all(v.castable and not v.uncastable for _, v in disagreeing):
+    if mode == "cast" and all(v.castable and not v.uncastable for _, v in disagreeing):
+        if target is not None:
             # New functions: JAX caches traced branches by the function's identity.
             casts = dict((i, verdict.castable) for i, verdict in disagreeing)
             fixed = [_Recorded(fn, casts.get(i, ())) for i, fn in enumerate(fns)]
             return _call_branches(name, original, selector, fixed, operands)
-    _report_branches(name, records, names, reference, disagreeing, root, operands, mode)
+    _report_branches(name, records, names, reference, target, disagreeing, root, operands, mode)
     if jax_error is not None:
         raise jax_error
     return result
 
 
-def _report_branches(name, records, names, reference, disagreeing, root, operands, mode) -> None:
-    base = reference if reference is not None else 0
-    base_name, base_location = describe_location(records[base].fn)
-    kept = "keeps the operands' types" if reference is not None else "is the first branch"
+def _report_branches(
+    name, records, names, reference, target, disagreeing, root, operands, mode
+) -> None:
+    if reference is not None:
+        base_name, base_location = describe_location(records[reference].fn)
+        other = f"{names[reference]} {base_name} ({base_location}), which keeps the operands' types"
+    elif target is not None:
+        other = "the narrowest types the branches return (the others are promotions)"
+    else:
+        base_name, base_location = describe_location(records[0].fn)
+        other = f"{names[0]} {base_name} ({base_location})"
     texts, found = [], []
     state = _State(root, 0 if len(operands) == 1 else None)
     hint = "strict" if mode == "check" and _config.config.strict else mode
@@ -355,16 +393,16 @@ def _report_branches(name, records, names, reference, disagreeing, root, operand
             mismatches = _explain(fn, state, None, records[i].args, mismatches)
         fn_name, location = describe_location(fn)
         header = (
-            f"{names[i]} {fn_name} ({location}) returns other types than {names[base]} "
-            f"{base_name} ({base_location}), which {kept} ({len(mismatches)} mismatch"
-            f"{'es' if len(mismatches) != 1 else ''}):"
+            f"{names[i]} {fn_name} ({location}) returns other types than {other} "
+            f"({len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}):"
         )
         texts.append(_message(header, fn, root, mismatches, hint, name, []))
         found += mismatches
-    if mode == "cast" and reference is None:
+    if mode == "cast" and target is None:
         texts.append(
-            "No branch keeps the operands' types, so cast mode cannot choose the types to "
-            "cast to: make the branches return one type."
+            "No branch keeps the operands' types and no dtype is the narrowest of the "
+            "branches', so cast mode cannot choose the types to cast to: make the branches "
+            "return one type."
         )
     _raise_or_warn("\n".join(texts), found, records[disagreeing[0][0]].fn, mode)
 
@@ -471,7 +509,7 @@ def uninstall() -> None:
         _equinox_patched[0] = False
 
 
-class guard_loops(contextlib.ContextDecorator):  # noqa: N801 (used as a function)
+class guard_loops(contextlib.ContextDecorator):
     """Guards every loop and branch called through `jax.lax` within the block.
 
     Within the scope (a `with` block, or a function decorated with it) every

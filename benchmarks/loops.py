@@ -8,13 +8,14 @@ run, and the ratios inside / outside (target: at most 1.10).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from timing import interleaved, paired_ratio
 
 import jax_dtypeguard as dg
-from timing import interleaved, paired_ratio
 
 
 def _bfgs(y0: Any) -> Any:
@@ -54,9 +55,9 @@ def run(repeats: int = 7) -> dict[str, Any]:
         assert str(_trace(solve, y0, dg.guard_loops())) == outside  # identical jaxpr
         samples = interleaved(
             {
-                "outside": lambda: _trace(solve, y0),
-                "check": lambda: _trace(solve, y0, dg.guard_loops()),
-                "cast": lambda: _trace(solve, y0, dg.guard_loops(mode="cast")),
+                "outside": functools.partial(_trace, solve, y0),
+                "check": lambda solve=solve: _trace(solve, y0, dg.guard_loops()),
+                "cast": lambda solve=solve: _trace(solve, y0, dg.guard_loops(mode="cast")),
             },
             repeats,
         )

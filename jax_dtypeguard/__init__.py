@@ -19,11 +19,11 @@ if TYPE_CHECKING:
     from ._config import mode as mode
     from ._config import strict as strict
     from ._decorator import state_dtype_invariant as state_dtype_invariant
-    from ._loops import guard_loops as guard_loops
     from ._errors import Mismatch as Mismatch
     from ._errors import Origin as Origin
     from ._errors import StateDtypeError as StateDtypeError
     from ._errors import StateDtypeWarning as StateDtypeWarning
+    from ._loops import guard_loops as guard_loops
 
 _EXPORTS = {
     "lax": ("lax", None),

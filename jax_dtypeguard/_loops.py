@@ -83,7 +83,7 @@ def _foreign_directories() -> tuple[str, ...]:
     found = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     found.update(site.getsitepackages())
     found.add(os.path.dirname(os.path.abspath(__file__)))
-    found.add(os.path.dirname(os.path.abspath(jax.__file__)))
+    found.add(os.path.dirname(os.path.abspath(str(jax.__file__))))
     return tuple(os.path.join(os.path.abspath(p), "") for p in found)
 
 
@@ -158,7 +158,8 @@ class _CarryGuard:
         rule: Rule,
         form: str,
     ) -> None:
-        self.fn, self.out, self.settings, self.rule, self.form = fn, out, settings, rule, form
+        self.fn, self.out, self.settings, self.form = fn, out, settings, form
+        self.rule: Rule = rule
         self.state = _State(parameter_name(fn, position, "carry"), position)
         for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
             value = getattr(fn, attribute, None)
@@ -222,6 +223,7 @@ def _loop(name: str, original: Callable[..., Any], settings: Any, args: Any, kwa
     body = bound.arguments[form.body]
     if _already_guarded(body) or not callable(body):
         return original(*args, **kwargs)
+    jax_error: Exception | None = None
     if not settings.weak_type:
         try:
             return original(*args, **kwargs)
@@ -235,7 +237,7 @@ def _loop(name: str, original: Callable[..., Any], settings: Any, args: Any, kwa
     except StateDtypeError:
         raise
     except Exception:
-        if settings.weak_type:
+        if jax_error is None:
             raise
     raise jax_error  # what JAX rejected is nothing the guard can name: JAX's own error
 
@@ -360,12 +362,12 @@ def _branches(name: str, original: Any, settings: Any, args: Any, kwargs: Any) -
         return result
     mode = settings.mode
     names = _branch_names(name, len(fns))
-    if mode == "cast" and all(v.castable and not v.uncastable for _, v in disagreeing):
-        if target is not None:
-            # New functions: JAX caches traced branches by the function's identity.
-            casts = dict((i, verdict.castable) for i, verdict in disagreeing)
-            fixed = [_Recorded(fn, casts.get(i, ())) for i, fn in enumerate(fns)]
-            return _call_branches(name, original, selector, fixed, operands)
+    castable = all(v.castable and not v.uncastable for _, v in disagreeing)
+    if mode == "cast" and castable and target is not None:
+        # New functions: JAX caches traced branches by the function's identity.
+        casts = {i: verdict.castable for i, verdict in disagreeing}
+        fixed = [_Recorded(fn, casts.get(i, ())) for i, fn in enumerate(fns)]
+        return _call_branches(name, original, selector, fixed, operands)
     _report_branches(name, records, names, reference, target, disagreeing, root, operands, mode)
     if jax_error is not None:
         raise jax_error

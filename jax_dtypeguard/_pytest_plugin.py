@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Run every test in jax_dtypeguard strict mode: each guard checks "
         "(weak_type included), whatever mode it was declared with; mode='off' stays off.",
     )
-
 
     group.addoption(
         _LOOPS_OPTION,
@@ -113,6 +113,7 @@ def _dtypeguard_scope(request: pytest.FixtureRequest) -> Iterator[None]:
         if loops is not None or session_loops is not None:
             from ._loops import guard_loops
 
-            arguments = (loops.args, loops.kwargs) if loops is not None else ((session_loops,), {})
-            scopes.enter_context(guard_loops(*arguments[0], **arguments[1]))
+            args: tuple[Any, ...] = loops.args if loops is not None else (session_loops,)
+            kwargs: dict[str, Any] = loops.kwargs if loops is not None else {}
+            scopes.enter_context(guard_loops(*args, **kwargs))
         yield

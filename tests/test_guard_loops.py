@@ -12,12 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.lax import fori_loop as bound_before_the_scope
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import _config
 from jax_dtypeguard._compat import enable_x64
-
-from jax.lax import fori_loop as bound_before_the_scope  # noqa: E402, I001  (on purpose)
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +47,7 @@ def test_check_names_the_body_the_leaf_the_origin_and_the_call_site():
     message = str(caught.value)
     assert message.startswith("widen (tests/test_guard_loops.py:")
     assert "  x: float16[] -> float32[]  (first at " in message
-    assert "test_guard_loops.py:34 in widen" in message
+    assert f"test_guard_loops.py:{widen.__code__.co_firstlineno + 1} in widen" in message
     assert "In jax.lax.fori_loop, reached from tests/test_guard_loops.py:" in message
     assert "in test_check_names_the_body_the_leaf_the_origin_and_the_call_site." in message
     assert caught.value.function == "widen"
@@ -59,9 +58,9 @@ def test_cast_repairs_and_warn_warns_then_leaves_it_to_jax():
     with dg.guard_loops(mode="cast"):
         x = jax.lax.fori_loop(0, 3, widen, F16)
     assert x.dtype == jnp.float16 and float(x) == 3.0
-    with dg.guard_loops(mode="warn"), pytest.warns(dg.StateDtypeWarning, match="widen"):
-        with pytest.raises(TypeError, match="carry"):
-            jax.lax.fori_loop(0, 3, widen, F16)
+    warned = pytest.warns(dg.StateDtypeWarning, match="widen")
+    with dg.guard_loops(mode="warn"), warned, pytest.raises(TypeError, match="carry"):
+        jax.lax.fori_loop(0, 3, widen, F16)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +129,7 @@ def test_what_jax_accepts_is_not_drift_by_default():
         return i + 1, False  # a Python bool for a bool[] carry, as Diffrax's step returns
 
     with dg.guard_loops(mode="check"):
-        i, flag = jax.lax.while_loop(lambda c: c[0] < 3, flag_body, (0, jnp.array(True)))
+        _, flag = jax.lax.while_loop(lambda c: c[0] < 3, flag_body, (0, jnp.array(True)))
         assert flag.dtype == jnp.bool_
         # A weak initial carry that the body makes float16: JAX promotes the loop.
         assert jax.lax.while_loop(lambda x: x < 3, lambda x: x * jnp.float16(2), 1.0).dtype == (
@@ -364,9 +363,7 @@ def test_optax_value_and_grad_from_state_under_x64_names_optax_and_cast_runs():
         def body(carry):
             params, state = carry
             value, grad = value_and_grad(params, state=state)
-            updates, state = opt.update(
-                grad, state, params, value=value, grad=grad, value_fn=loss
-            )
+            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
             return optax.apply_updates(params, updates), state
 
         count = lambda c: optax.tree_utils.tree_get(c[1], "count") < 10  # noqa: E731

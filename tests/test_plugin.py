@@ -190,7 +190,11 @@ LOOPS_PROBE = textwrap.dedent(
 
 @pytest.mark.parametrize(
     "option, plain",
-    [((), "jax-error"), (("--dtypeguard-loops",), "report"), (("--dtypeguard-loops=cast",), "float16")],
+    [
+        ((), "jax-error"),
+        (("--dtypeguard-loops",), "report"),
+        (("--dtypeguard-loops=cast",), "float16"),
+    ],
 )
 def test_loops_option_and_marker(pytester, option, plain):
     pytester.makepyfile(test_loops_probe=LOOPS_PROBE)

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 
 from . import _annotations, _config
+from ._carry import Rule, carry_verdict
 from ._cast import cast_back
 from ._compare import OK, Verdict, compare_states
 from ._compat import Tracer
@@ -99,6 +100,8 @@ class Guard:
       the testing assertions, which check exactly what they are asked).
     - `annotations`: whether to check `fn`'s jaxtyping annotations.
     - `hold_weakly`: keep only a weak reference to `fn` (cached loop bodies).
+    - `rule`: compare as a loop or branch does (`_carry.Rule`): a Python scalar
+      that `jax.lax` accepts for an array leaf is cast, not a structure change.
     - `title`: `(name, "file:line")` that reports give the function, where not
       its own (`invariant(adamw)`).
     """
@@ -113,6 +116,7 @@ class Guard:
         annotations: bool = True,
         follows_config: bool = True,
         hold_weakly: bool = False,
+        rule: Rule | None = None,
         title: tuple[str, str] | None = None,
     ) -> None:
         self._fn: Callable[[], Any] = weakref.ref(fn) if hold_weakly else (lambda: fn)
@@ -121,6 +125,7 @@ class Guard:
         self.weak_type = weak_type
         self.follows_config = follows_config
         self.title = title
+        self.rule = rule
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
         self.verdicts: dict[Any, Verdict] = {}
         self.explained: dict[Any, list[Mismatch]] = {}
@@ -210,6 +215,8 @@ class Guard:
         state_out: Any,
         weak_type: bool,
     ) -> Verdict:
+        if self.rule is not None:
+            return carry_verdict(before.tree(), state_out, parameter.name, self.rule, weak_type)
         leaves_out, tree_out = _tree.tree_flatten(state_out)
         try:
             keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from . import _config
 from ._carry import Rule, accepted_scalars, carry_verdict
 from ._cast import cast_back
-from ._decorator import describe_location, parameter_name
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
+from ._plan import describe_location, parameter_name
 from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
@@ -109,7 +109,8 @@ def _message(
     scalars: list[str],
 ) -> str:
     name, location = describe_location(fn)
-    lines = format_report(name, location, state_name, mismatches, mode).split("\n")
+    strict = mode == "check" and _config.config.strict
+    lines = format_report(name, location, state_name, mismatches, mode, strict).split("\n")
     if header is not None:
         lines[0] = header
     site_text = _call_site()
@@ -189,8 +190,7 @@ class _CarryGuard:
                 self.state.name + p for p in accepted_scalars(state_in, state_out, self.rule)
             ]
             found = _explain(self.fn, self.state, self.out, args, found)
-            hint = "strict" if mode == "check" and _config.config.strict else mode
-            text = _message(None, self.fn, self.state.name, found, hint, self.form, scalars)
+            text = _message(None, self.fn, self.state.name, found, mode, self.form, scalars)
             _raise_or_warn(text, found, self.fn, mode)
         return result
 
@@ -387,7 +387,6 @@ def _report_branches(
         other = f"{names[0]} {base_name} ({base_location})"
     texts, found = [], []
     state = _State(root, 0 if len(operands) == 1 else None)
-    hint = "strict" if mode == "check" and _config.config.strict else mode
     for i, verdict in disagreeing:
         fn = records[i].fn
         mismatches = list(verdict.mismatches)
@@ -398,7 +397,7 @@ def _report_branches(
             f"{names[i]} {fn_name} ({location}) returns other types than {other} "
             f"({len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}):"
         )
-        texts.append(_message(header, fn, root, mismatches, hint, name, []))
+        texts.append(_message(header, fn, root, mismatches, mode, name, []))
         found += mismatches
     if mode == "cast" and target is None:
         texts.append(

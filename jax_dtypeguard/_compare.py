@@ -77,7 +77,6 @@ def compare_leaves(
     if sa == sb:
         return [], None
     if (sa.python_scalar is None) != (sb.python_scalar is None):
-        found = [Mismatch(path, "structure", str(sa), str(sb), expected_type=sa, got_type=sb)]
         # A Python scalar that an eager step returns as a 0-d array of its kind: cast to
         # the weak array `jit` makes of the scalar. A traced array for a scalar that
         # stayed static (Equinox's filtering) cannot be made static again by a cast.
@@ -88,6 +87,17 @@ def compare_leaves(
             and sb.sharding is None
             and category(sa.dtype) == category(sb.dtype)
         )
+        found = [
+            Mismatch(
+                path,
+                "structure",
+                str(sa),
+                str(sb),
+                expected_type=sa,
+                got_type=sb,
+                castable=scalar_to_array,
+            )
+        ]
         return found, (sa._replace(python_scalar=None) if scalar_to_array else None)
     found = []
     if sa.shape != sb.shape:

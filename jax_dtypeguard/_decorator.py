@@ -110,8 +110,9 @@ def state_dtype_invariant(
     - `out`: where the new state is in the return value: `None` for the whole
       return value, an int for an element of a returned tuple or list, a
       tuple of ints for several returned states (in `state`'s order).
-    - `mode`: `"check"` (raise `StateDtypeError`), `"cast"` (cast dtype and
-      weak_type drift back, raise the rest), `"warn"` (emit a
+    - `mode`: `"check"` (raise `StateDtypeError`), `"cast"` (cast dtype drift
+      within a kind, float <-> float, int <-> int, complex <-> complex, and
+      weak_type drift back; raise the rest), `"warn"` (emit a
       `StateDtypeWarning`), `"off"`; `None` uses `jax_dtypeguard.config.mode`.
     - `weak_type`: whether a change of weak_type alone counts as drift.
     - `annotations`: also check the function's jaxtyping annotations.

@@ -60,6 +60,7 @@ class Mismatch:
     - `expected_type`, `got_type`: the two leaf types behind `expected` and
       `got` (shape, dtype, weak_type, sharding), where both are arrays or
       Python scalars; else `None`.
+    - `castable`: whether cast mode repairs it.
     """
 
     path: str
@@ -69,6 +70,7 @@ class Mismatch:
     origin: Origin | None = None
     expected_type: Any = dataclasses.field(default=None, compare=False, repr=False)
     got_type: Any = dataclasses.field(default=None, compare=False, repr=False)
+    castable: bool = dataclasses.field(default=False, compare=False, repr=False)
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.expected} -> {self.got}"
@@ -110,6 +112,30 @@ def _changes_kind(m: Mismatch) -> bool:
     return kinds[0] != kinds[1] and set(kinds) <= _NUMERIC_KINDS
 
 
+def _kind_change_loss(m: Mismatch) -> str:
+    """What casting back across kinds would do to the values."""
+    expected, got = category(m.expected_type.dtype), category(m.got_type.dtype)
+    if got == "complexfloating":
+        return "casting back would drop the imaginary part"
+    if got == "floating" and expected in ("integer", "bool", "bool_"):
+        return f"casting back to {m.expected_type.dtype} would truncate the fractions"
+    if got in ("bool", "bool_"):
+        return f"a bool cast back to {m.expected_type.dtype} is 0 or 1, not the value"
+    return f"the step already lost what {m.expected_type.dtype} held"
+
+
+def _array_for_scalar(m: Mismatch) -> bool:
+    a, b = m.expected_type, m.got_type
+    return (
+        m.kind == "structure"
+        and m.castable
+        and a is not None
+        and b is not None
+        and a.python_scalar is not None
+        and b.python_scalar is None
+    )
+
+
 def _scalar_for_array(m: Mismatch) -> bool:
     a, b = m.expected_type, m.got_type
     return (
@@ -131,9 +157,15 @@ def _hint(mismatches: Sequence[Mismatch], mode: str, strict: bool) -> str:
         m = kind_changes[0]
         parts.append(
             f"{m.path} changed kind ({m.expected_type.dtype} -> {m.got_type.dtype}), which "
-            "no cast undoes without changing its values (a float cast back to an int "
-            "truncates): give the leaf the kind the step computes in its initial state, "
-            "or convert explicitly in the step"
+            f"no cast undoes: {_kind_change_loss(m)}; give the leaf the kind the step "
+            "computes in its initial state, or convert explicitly in the step"
+        )
+    scalars = [m for m in mismatches if _array_for_scalar(m)]
+    if scalars and mode != "cast":
+        parts.append(
+            f"{scalars[0].path} is a Python scalar that came back as an array: start the "
+            'state with an array (`jnp.asarray(value)`), or use mode="cast", which turns '
+            "it into the weak array `jit` makes of the scalar"
         )
     if castable and strict:
         parts.append(
@@ -152,7 +184,8 @@ def _hint(mismatches: Sequence[Mismatch], mode: str, strict: bool) -> str:
             "input state's types, or keep the step's arithmetic in the state's "
             "dtype (e.g. `x.astype(state.dtype)`)"
         )
-    if any(m.kind == "structure" and not _scalar_for_array(m) for m in mismatches):
+    structural = [m for m in mismatches if m.kind == "structure"]
+    if any(not (_scalar_for_array(m) or _array_for_scalar(m)) for m in structural):
         parts.append(
             "return the same tree as the input state (same containers and keys, "
             "a leaf wherever the input has one: no `None` for `0`, no array for a "

@@ -299,6 +299,14 @@ class Guard:
             raise error.with_traceback(None) from None
 
 
+def copy_names(wrapper: Any, fn: Any) -> None:
+    """Gives a wrapper object `fn`'s module, name, qualified name and docstring."""
+    for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+        value = getattr(fn, attribute, None)
+        if isinstance(value, str):
+            setattr(wrapper, attribute, value)
+
+
 class _WeaklyGuarded:
     """What JAX receives for a cached loop body: calls the guard, unwraps to the user's function.
 
@@ -308,10 +316,7 @@ class _WeaklyGuarded:
 
     def __init__(self, guard: Guard, fn: Callable[..., Any]) -> None:
         self.__dtypeguard__ = guard
-        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-            value = getattr(fn, attribute, None)
-            if isinstance(value, str):
-                setattr(self, attribute, value)
+        copy_names(self, fn)
 
     @property
     def __wrapped__(self) -> Callable[..., Any]:

@@ -32,7 +32,8 @@ from . import _config
 from ._carry import Rule, accepted_scalars, carry_verdict
 from ._cast import cast_back
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
-from ._plan import describe_location, parameter_name
+from ._guard import copy_names
+from ._plan import describe_location, parameter_name, replace_in
 from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
@@ -162,10 +163,7 @@ class _CarryGuard:
         self.fn, self.out, self.settings, self.form = fn, out, settings, form
         self.rule: Rule = rule
         self.state = _State(parameter_name(fn, position, "carry"), position)
-        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-            value = getattr(fn, attribute, None)
-            if isinstance(value, str):
-                setattr(self, attribute, value)
+        copy_names(self, fn)
 
     @property
     def __wrapped__(self) -> Callable[..., Any]:
@@ -183,7 +181,7 @@ class _CarryGuard:
         if mode == "cast":
             if verdict.castable and not verdict.uncastable:
                 state_out = cast_back(state_out, verdict.castable)
-                result = _replace(result, self.out, state_out)
+                result = replace_in(result, self.out, state_out)
             found = list(verdict.uncastable)
         if found:
             scalars = [
@@ -195,16 +193,6 @@ class _CarryGuard:
         return result
 
 
-def _replace(result: Any, out: int | None, state_out: Any) -> Any:
-    if out is None:
-        return state_out
-    items = list(result)
-    items[out] = state_out
-    if isinstance(result, list):
-        return items
-    return type(result)(*items) if hasattr(result, "_fields") else type(result)(items)
-
-
 def _already_guarded(fn: Any) -> bool:
     """A `dg.lax` body, a decorated function, or one of this hook's guards."""
     while isinstance(fn, functools.partial):
@@ -212,6 +200,25 @@ def _already_guarded(fn: Any) -> bool:
     return isinstance(fn, _CarryGuard) or any(
         hasattr(fn, attribute) for attribute in ("__dtypeguard__", "_guard", _EQUINOX_MARK)
     )
+
+
+def _as_is(
+    original: Callable[..., Any], settings: Any, args: Any, kwargs: Any
+) -> tuple[bool, Any, TypeError | None]:
+    """Runs JAX's own form unguarded (the default: nothing JAX accepts is drift).
+
+    `(True, result, None)` when JAX accepted it; `(False, None, JAX's error)` when
+    JAX rejected a type, or `(False, None, None)` when every trace is to be guarded
+    (`weak_type=True`).
+    """
+    if settings.weak_type:
+        return False, None, None
+    try:
+        return True, original(*args, **kwargs), None
+    except StateDtypeError:
+        raise
+    except TypeError as error:
+        return False, None, error
 
 
 def _loop(name: str, original: Callable[..., Any], settings: Any, args: Any, kwargs: Any) -> Any:
@@ -223,14 +230,9 @@ def _loop(name: str, original: Callable[..., Any], settings: Any, args: Any, kwa
     body = bound.arguments[form.body]
     if _already_guarded(body) or not callable(body):
         return original(*args, **kwargs)
-    jax_error: Exception | None = None
-    if not settings.weak_type:
-        try:
-            return original(*args, **kwargs)
-        except StateDtypeError:
-            raise
-        except TypeError as error:
-            jax_error = error
+    ran, result, jax_error = _as_is(original, settings, args, kwargs)
+    if ran:
+        return result
     bound.arguments[form.body] = _CarryGuard(body, form.position, form.out, settings, "lax", name)
     try:
         return original(*bound.args, **bound.kwargs)
@@ -336,14 +338,9 @@ def _branches(name: str, original: Any, settings: Any, args: Any, kwargs: Any) -
         return original(*args, **kwargs)
     if not operands or any(_already_guarded(fn) or not callable(fn) for fn in fns):
         return original(*args, **kwargs)
-    jax_error: Exception | None = None
-    if not settings.weak_type:
-        try:
-            return original(*args, **kwargs)
-        except StateDtypeError:
-            raise
-        except TypeError as error:
-            jax_error = error
+    ran, result, jax_error = _as_is(original, settings, args, kwargs)
+    if ran:
+        return result
     records = [_Recorded(fn) for fn in fns]
     try:
         result = _call_branches(name, original, selector, records, operands)

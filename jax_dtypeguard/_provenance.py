@@ -30,7 +30,7 @@ from ._compat import cond_branches, is_literal, loop_layout
 from ._errors import Mismatch, Origin, short_path
 from ._lineage import Frame, Lineage, OutOfTime, call_jaxpr
 from ._plan import argument_names
-from ._signature import LeafSignature, category
+from ._signature import LeafSignature, category, is_static
 
 _tree = jax.tree_util
 _KINDS = frozenset({"dtype", "weak_type"})
@@ -108,6 +108,12 @@ def _abstract(leaf: Any) -> Any:
     return leaf
 
 
+def _without_static(tree: Any) -> Any:
+    """`tree` with its static leaves (functions, strings, objects) as `None`: not outputs
+    of a jaxpr, and the keypaths of the other leaves stay as they were."""
+    return _tree.tree_map(lambda leaf: None if is_static(leaf) else leaf, tree)
+
+
 def _state_slots(
     parameter: Any, state: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, ...] | None:
@@ -151,8 +157,14 @@ class _Traced:
         found, state = parameter.find(args, kwargs)
         if not found:
             return None
-        state_paths = [_tree.keystr(p) for p, _ in _tree.tree_flatten_with_path(state)[0]]
-        state_leaves = _tree.tree_leaves(state)
+        # The traced leaves of the state: static ones (functions, objects) are constants.
+        state_entries = [
+            (_tree.keystr(p), leaf)
+            for p, leaf in _tree.tree_flatten_with_path(state)[0]
+            if not is_static(leaf)
+        ]
+        state_paths = [path for path, _ in state_entries]
+        state_leaves = [leaf for _, leaf in state_entries]
         slots = _state_slots(parameter, state, args, kwargs)
         keyword = getattr(parameter, "keyword", None)
         if slots is None and keyword is not None:  # the state is the parameter's default
@@ -222,10 +234,10 @@ class _Traced:
                 slot: v for (slot, _, _), v in zip(slot_items[positional:], values[positional:])
             }
             if arrays_dynamic:
-                return fn(*values[:positional], **keywords)
+                return _without_static(fn(*values[:positional], **keywords))
             # Concrete arguments stay concrete, for Python control flow on them.
             with jax.ensure_compile_time_eval():
-                return fn(*values[:positional], **keywords)
+                return _without_static(fn(*values[:positional], **keywords))
 
         token = _config.retracing.set(True)
         try:

@@ -152,3 +152,28 @@ def test_in_place_dict_state():
     assert state["w"].dtype == jnp.float16
     with pytest.raises(StateDtypeError, match=r"state\['w'\]: float16\[2\] -> float32\[2\]"):
         state_dtype_invariant(step.__wrapped__, inplace=True)(state, jnp.float32(0.1))
+
+
+def test_cast_mode_inside_nnx_fori_loop_and_scan():
+    model, optimizer, (x, y) = make()
+    guarded = state_dtype_invariant(
+        train_step, state=("model", "optimizer"), inplace=True, mode="cast"
+    )
+
+    @nnx.jit
+    def epochs(model, optimizer):
+        def body(i, carry):
+            guarded(*carry, x, y)
+            return carry
+
+        return nnx.fori_loop(0, 3, body, (model, optimizer))
+
+    epochs(model, optimizer)
+    assert dtypes_of(optimizer) == {"bfloat16"}
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+    def scan_step(carry, batch):
+        return carry, guarded(*carry, batch, y[:4])
+
+    _, losses = scan_step((model, optimizer), x.reshape(4, 4, 4))
+    assert losses.shape == (4,) and dtypes_of(optimizer) == {"bfloat16"}

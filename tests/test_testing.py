@@ -183,12 +183,12 @@ def test_errors_of_the_function_pass_through():
         (
             lambda: assert_state_dtype_invariant(sgd, 0, state_arg=True),
             TypeError,
-            "state_arg must be an int position; got True",
+            "state_arg must be an int position or a tuple of them; got True",
         ),
         (
             lambda: assert_state_dtype_invariant(sgd, 0, out="w"),
             TypeError,
-            "out must be None .* or an int",
+            "out must be None or an int index; got 'w'",
         ),
         (
             lambda: assert_state_dtype_invariant(sgd, 0, weak_type="yes"),
@@ -292,7 +292,7 @@ def test_case_errors_name_the_case_and_the_dtype(case, message, cause):
         ({"fn": None}, "Case 'c': fn must be callable; got NoneType None"),
         ({"make_state": "ones"}, "Case 'c': make_state must be callable; got str 'ones'"),
         ({"make_args": ()}, "Case 'c': make_args must be callable"),
-        ({"state_arg": "0"}, "Case 'c': state_arg must be an int position; got '0'"),
+        ({"state_arg": "0"}, "Case 'c': state_arg must be an int position or a tuple of them; got '0'"),
         ({"out": 1.0}, "Case 'c': out must be None or an int index; got 1.0"),
         ({"kwargs": [1]}, "Case 'c': kwargs must be a mapping of keyword arguments; got list"),
     ],
@@ -323,7 +323,8 @@ def test_sweep_results_and_x64_only_within_64_bit_runs_restoring_the_callers_set
         "float32": [],
         "float64": [],
     }
-    assert seen == {"float16": False, "bfloat16": False, "float32": False, "float64": True}
+    # The 16/32-bit runs keep the caller's x64 setting; float64 forces it on.
+    assert seen == {"float16": x64, "bfloat16": x64, "float32": x64, "float64": True}
     assert jax.config.jax_enable_x64 is x64
 
 
@@ -347,8 +348,8 @@ def test_sweep_weak_type_dtypes_and_misuse():
 
 
 def test_x64_for(x64):
-    cases = {"float64": True, "int64": True, "complex128": True, "float16": False}
-    cases.update({"bfloat16": False, "complex64": False, "int32": False})
+    cases = {"float64": True, "int64": True, "complex128": True, "float32+x64": True}
+    cases.update({"float16": x64, "bfloat16": x64, "complex64": x64, "int32": x64})
     for dtype, expected in cases.items():
         with x64_for(dtype):
             assert jax.config.jax_enable_x64 is expected, dtype

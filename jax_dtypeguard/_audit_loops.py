@@ -19,15 +19,15 @@ _LOOP = re.compile(r"^(?P<loop>while_loop|scan|fori_loop|cond|switch)\b")
 # "The input carry component c[1] has type float16[2] but the corresponding output
 #  carry component has type float32[2], so the dtypes do not match."
 _CARRY = re.compile(
-    r"The input carry(?: component)? (?P<path>\S+) has type (?P<expected>.+?) but the "
-    r"corresponding output carry component has type (?P<got>.+?), so (?P<what>[^.]+)"
+    r"(?i:the) input carry(?: component)? (?P<path>\S+) has type (?P<expected>.+?) but the "
+    r"corresponding output carry component has type (?P<got>.+?), so (?P<what>[^.;]+)"
 )
 # "The output of true_fun has type float16[2] but the corresponding output of false_fun
 #  has type float32[2], so the dtypes do not match."
 _BRANCH = re.compile(
-    r"The output of (?P<first>\S+?)(?: at output path (?P<path>\S+))? has type "
+    r"(?i:the) output of (?P<first>\S+?)(?: at (?:output )?path (?P<path>\S+))? has type "
     r"(?P<expected>.+?) but the corresponding output of (?P<second>\S+?) has type "
-    r"(?P<got>.+?), so (?P<what>[^.]+)"
+    r"(?P<got>.+?), so (?P<what>[^.;]+)"
 )
 _LIBRARY_LOOPS = ("/jax/", "/jaxlib/", "/equinox/internal/", "/jax_dtypeguard/")
 
@@ -70,12 +70,15 @@ def loop_mismatches(error: BaseException | None) -> tuple[list[Mismatch], str] |
     name = loop.group("loop")
     mismatches = []
     for match, what in found:
-        path = match.groupdict().get("path") or ("carry" if what == "carry" else "output")
+        path = match.groupdict().get("path") or ""
+        if what == "branch":
+            path = f"{match.group('first')} output{path}"
         expected, got = match.group("expected"), match.group("got")
         origin = Origin(name, file, line, function)
         kind: Any = _kind(match.group("what"), expected, got)
         mismatches.append(Mismatch(path, kind, expected, got, origin))
     where = f" at {file}:{line} in {function}" if site else ""
-    note = f"JAX rejected the {name} carry{where}: the library's own loop drifted"
+    thing = "carry" if found[0][1] == "carry" else "branch outputs"
+    note = f"JAX rejected the {name} {thing}{where}: the library's own {name} drifted"
     return mismatches, note
 

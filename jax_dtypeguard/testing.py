@@ -216,8 +216,9 @@ def assert_state_dtype_invariant(
             )
     _validate("check", weak_type, True, None, None)
     call_args = _insert_parts(args, positions, parts)
-    if several:
-        guard: Callable[..., Any] = _SeveralParts(fn, positions, out, weak_type)
+    if several or traced is not None:
+        outs = out if several else (out,)
+        guard: Callable[..., Any] = _PartsCheck(fn, positions, outs, weak_type, traced)
     else:
         parameter = StateParameter.at(fn, positions[0], "state")
         guard = _Assertion(fn, parameter, out, "check", weak_type, annotations=True)
@@ -230,51 +231,104 @@ def assert_state_dtype_invariant(
     jax.eval_shape(run, inputs)
 
 
-class _SeveralParts:
-    """The check of a state spread over several positional arguments and results.
+class _PartsCheck:
+    """The check of a state spread over several positional arguments and results,
+    or split by a `traced` predicate.
 
     Each part is compared with its result on its own, with paths rooted at its
-    parameter's name (`y`, `state.f_info.grad`).
+    parameter's name (`y`, `state.f_info.grad`). With `traced`, each part is split
+    as Equinox's `partition` splits it: the traced half is compared leaf by leaf,
+    the static half (Python scalars, functions, jaxprs) by equality.
     """
 
     def __init__(
         self,
         fn: Callable[..., Any],
         positions: tuple[int, ...],
-        outs: tuple[int, ...],
+        outs: tuple[int | None, ...],
         weak_type: bool,
+        traced: Callable[[Any], bool] | None,
     ) -> None:
         self.fn = fn
-        self.parameters = [StateParameter.at(fn, p, f"state{i}") for i, p in enumerate(positions)]
+        fallback = ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
+        self.parameters = [StateParameter.at(fn, p, f) for p, f in zip(positions, fallback)]
         self.outs = outs
         self.weak_type = weak_type
+        self.traced = traced
+
+    def _select(self, result: Any, index: int | None, name: str) -> Any:
+        if index is None:
+            return result
+        if not isinstance(result, (tuple, list)):
+            raise TypeError(
+                f"{name} returned a {type(result).__name__}, but out={self.outs} expects a "
+                "tuple or list holding the new state."
+            )
+        if not -len(result) <= index < len(result):
+            raise ValueError(
+                f"out={self.outs} is past the {len(result)} values {name} returned; "
+                f"use indices below {len(result)}."
+            )
+        return result[index]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         result = self.fn(*args, **kwargs)
         name, location = describe_location(self.fn)
-        if not isinstance(result, (tuple, list)):
-            raise TypeError(
-                f"{name} returned a {type(result).__name__}, but out={self.outs} expects a "
-                "tuple or list holding the parts of the new state."
-            )
         mismatches: list[Mismatch] = []
         for parameter, index in zip(self.parameters, self.outs):
-            if not -len(result) <= index < len(result):
-                raise ValueError(
-                    f"out={self.outs} is past the {len(result)} values {name} returned; "
-                    f"use indices below {len(result)}."
-                )
-            part_in = args[parameter.position]
-            found = compare_states(part_in, result[index], parameter.name, self.weak_type)
-            if found.mismatches:
-                mismatches += explain(
-                    self.fn, parameter, index, args, kwargs, list(found.mismatches)
-                )
+            part_in = args[parameter.position]  # type: ignore[index]
+            part_out = self._select(result, index, name)
+            dynamic_in, static_in = self._partition(part_in)
+            dynamic_out, static_out = self._partition(part_out)
+            found = list(compare_states(dynamic_in, dynamic_out, parameter.name, self.weak_type).mismatches)
+            if found:
+                found = explain(self.fn, parameter, index, args, kwargs, found)
+            mismatches += found + _static_changes(static_in, static_out, parameter.name)
         if mismatches:
             names = ", ".join(p.name for p in self.parameters)
             message = format_report(name, location, names, mismatches, "check")
             raise StateDtypeError(message, mismatches, name)
         return result
+
+    def _partition(self, tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
+        """(the tree with its static leaves replaced by None, the static leaves by path)."""
+        if self.traced is None:
+            return tree, []
+        entries, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        flags = [_is_traceable(leaf) and bool(self.traced(leaf)) for _, leaf in entries]
+        dynamic = [leaf if flag else None for (_, leaf), flag in zip(entries, flags)]
+        static = [
+            (jax.tree_util.keystr(path), leaf)
+            for (path, leaf), flag in zip(entries, flags)
+            if not flag
+        ]
+        return jax.tree_util.tree_unflatten(treedef, dynamic), static
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
+
+
+def _static_changes(
+    before: list[tuple[str, Any]], after: list[tuple[str, Any]], root: str
+) -> list[Mismatch]:
+    """A `structure` mismatch for each static leaf whose value changed."""
+    values = dict(after)
+    return [
+        Mismatch(root + path, "structure", _short_repr(old), _short_repr(values[path]))
+        for path, old in before
+        if path in values and not _equal(old, values[path])
+    ]
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _no_args(dtype: str) -> tuple[Any, ...]:

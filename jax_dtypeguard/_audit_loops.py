@@ -29,7 +29,14 @@ _BRANCH = re.compile(
     r"(?P<expected>.+?) but the corresponding output of (?P<second>\S+?) has type "
     r"(?P<got>.+?), so (?P<what>[^.;]+)"
 )
-_LIBRARY_LOOPS = ("/jax/", "/jaxlib/", "/equinox/internal/", "/jax_dtypeguard/")
+_LIBRARY_LOOPS = ("/jax/", "/jaxlib/", "/equinox/", "/jax_dtypeguard/")
+# Equinox's own checks in its loops: a value set into a loop buffer (Diffrax's
+# Runge-Kutta stages) in a dtype the buffer cannot hold, and a closure-converted
+# function (an implicit solver's root find) called with other types than it was
+# converted with.
+_BUFFER = "When doing `buffer.at[i].set(value)`, then `value` must have a dtype"
+_CLOSURE = "Closure-converted function called with different dynamic arguments"
+_TYPE = re.compile(r"\b([a-z]+\d*\[[0-9,]*\])")
 
 
 def _kind(what: str, expected: str, got: str) -> str:
@@ -52,14 +59,58 @@ def _call_site(error: BaseException) -> tuple[str, int, str] | None:
     return None
 
 
+def _buffer_mismatches(error: BaseException) -> tuple[list[Mismatch], str] | None:
+    """Equinox's loop buffer refusing a value of a wider dtype: the frame's locals
+    hold the buffer and the value."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_name != "_maybe_set":
+        tb = tb.tb_next
+    site = _call_site(error)
+    file, line, function = site or (None, None, None)
+    origin = Origin("buffer.at[i].set", file, line, function)
+    expected, got = "the buffer's dtype", "a dtype it cannot hold"
+    if tb is not None:
+        buffer, value = tb.tb_frame.f_locals.get("xs"), tb.tb_frame.f_locals.get("x")
+        expected = str(getattr(buffer, "dtype", expected))
+        got = str(getattr(value, "dtype", got))
+    where = f" at {file}:{line} in {function}" if site else ""
+    note = f"Equinox's loop buffer refused the value{where}: the library's own loop drifted"
+    return [Mismatch("buffer", "dtype", expected, got, origin)], note
+
+
+def _closure_mismatches(text: str, error: BaseException) -> tuple[list[Mismatch], str] | None:
+    """A closure-converted function called with other argument types than it was
+    converted with: each differing type is a mismatch."""
+    called, _, converted = text.partition("Closure-converted with:")
+    got, expected = _TYPE.findall(called), _TYPE.findall(converted)
+    site = _call_site(error)
+    file, line, function = site or (None, None, None)
+    origin = Origin("closure_convert", file, line, function)
+    mismatches = [
+        Mismatch(f"argument {i}", "dtype" if a.split("[")[0] != b.split("[")[0] else "shape", a, b, origin)
+        for i, (a, b) in enumerate(zip(expected, got))
+        if a != b
+    ]
+    if not mismatches:
+        return None
+    where = f" at {file}:{line} in {function}" if site else ""
+    note = f"a closure-converted function was called with other types{where}: the library drifted"
+    return mismatches, note
+
+
 def loop_mismatches(error: BaseException | None) -> tuple[list[Mismatch], str] | None:
     """`(mismatches, note)` when `error` (or its cause) is JAX rejecting a loop
-    carry or branch output whose type changed, else `None`."""
-    while error is not None and not isinstance(error, TypeError):
+    carry or branch output whose type changed (or Equinox's loop machinery
+    rejecting a value of another type), else `None`."""
+    while error is not None and not isinstance(error, (TypeError, ValueError)):
         error = error.__cause__
     if error is None:
         return None
     text = str(error)
+    if _BUFFER in text:
+        return _buffer_mismatches(error)
+    if _CLOSURE in text:
+        return _closure_mismatches(text, error)
     loop = _LOOP.match(text.strip())
     found = [(m, "carry") for m in _CARRY.finditer(text)]
     found += [(m, "branch") for m in _BRANCH.finditer(text)]

@@ -311,6 +311,22 @@ def _first_line(error: BaseException) -> str:
 # --- running ----------------------------------------------------------------
 
 
+def probe(case: Case, dtype: str = "float32") -> BaseException | None:
+    """What running `case` once at `dtype` raised, for a target deciding whether
+    its case fits the library (`None`: it runs, drifting or not). Warnings of the
+    probe are dropped: the rows record their own."""
+    with warnings.catch_warnings(), enable_x64(_is_64bit(dtype)):
+        warnings.simplefilter("ignore")
+        try:
+            case._run(dtype, weak_type=True)
+        except CaseError as error:
+            if loop_mismatches(error.__cause__) is None and _not_applicable(error) is None:
+                return error.__cause__ or error
+        except Exception as error:
+            return error
+    return None
+
+
 def _traced_inputs(case: Case, parts: Sequence[Any], args: Sequence[Any]) -> tuple[Any, Any]:
     """The case's full call as (traced leaves, static part) for a jitted step."""
     positions = case.state_arg if isinstance(case.state_arg, tuple) else (case.state_arg,)
@@ -401,11 +417,15 @@ def _is_64bit(name: str) -> bool:
     return dtype.itemsize >= (16 if dtype.kind == "c" else 8)
 
 
-def _not_applicable(error: BaseException) -> NotApplicable | None:
+def _not_applicable(error: BaseException | None) -> str | None:
+    """Why the cell is skipped: a factory said the case does not apply, or the
+    library said the configuration is not implemented (an LU in float16)."""
     while error is not None:
         if isinstance(error, NotApplicable):
-            return error
-        error = error.__cause__  # type: ignore[assignment]
+            return str(error)
+        if isinstance(error, NotImplementedError):
+            return f"not supported in this configuration by the library: {_first_line(error)}"
+        error = error.__cause__
     return None
 
 
@@ -453,7 +473,7 @@ def _run_into(
     except CaseError as error:
         skip = _not_applicable(error)
         if skip is not None:
-            result.status, result.reason = "skipped", str(skip)
+            result.status, result.reason = "skipped", skip
             return
         in_loop = loop_mismatches(error.__cause__)
         if in_loop is None:

@@ -29,13 +29,16 @@ _BRANCH = re.compile(
     r"(?P<expected>.+?) but the corresponding output of (?P<second>\S+?) has type "
     r"(?P<got>.+?), so (?P<what>[^.;]+)"
 )
-_LIBRARY_LOOPS = ("/jax/", "/jaxlib/", "/equinox/", "/jax_dtypeguard/")
+_LIBRARY_LOOPS = ("/jax/", "/jaxlib/", "/equinox/", "/lineax/", "/jax_dtypeguard/")
 # Equinox's own checks in its loops: a value set into a loop buffer (Diffrax's
 # Runge-Kutta stages) in a dtype the buffer cannot hold, and a closure-converted
 # function (an implicit solver's root find) called with other types than it was
 # converted with.
 _BUFFER = "When doing `buffer.at[i].set(value)`, then `value` must have a dtype"
 _CLOSURE = "Closure-converted function called with different dynamic arguments"
+# Lineax's check of a linear solve: the operator's output in other types than the vector.
+_LINEAR = "Vector and operator structures do not match"
+_STRUCT = re.compile(r"ShapeDtypeStruct\(shape=\(([0-9, ]*)\), dtype=(\w+)")
 _TYPE = re.compile(r"\b([a-z]+\d*\[[0-9,]*\])")
 
 
@@ -98,6 +101,28 @@ def _closure_mismatches(text: str, error: BaseException) -> tuple[list[Mismatch]
     return mismatches, note
 
 
+def _linear_mismatches(text: str, error: BaseException) -> tuple[list[Mismatch], str] | None:
+    """Lineax refusing a linear solve whose operator's output types differ from the
+    vector's: each differing leaf is a mismatch."""
+    vector, _, operator = text.partition("and an operator with")
+    pairs = zip(_STRUCT.findall(vector), _STRUCT.findall(operator))
+    site = _call_site(error)
+    file, line, function = site or (None, None, None)
+    origin = Origin("linear_solve", file, line, function)
+    mismatches = []
+    for i, ((shape_a, dtype_a), (shape_b, dtype_b)) in enumerate(pairs):
+        a = f"{dtype_a}[{shape_a.replace(' ', '').rstrip(',')}]"
+        b = f"{dtype_b}[{shape_b.replace(' ', '').rstrip(',')}]"
+        if a != b:
+            kind: Any = "dtype" if dtype_a != dtype_b else "shape"
+            mismatches.append(Mismatch(f"operator output[{i}]", kind, a, b, origin))
+    if not mismatches:
+        return None
+    where = f" at {file}:{line} in {function}" if site else ""
+    note = f"Lineax refused a linear solve{where}: the operator drifted from the vector's types"
+    return mismatches, note
+
+
 def loop_mismatches(error: BaseException | None) -> tuple[list[Mismatch], str] | None:
     """`(mismatches, note)` when `error` (or its cause) is JAX rejecting a loop
     carry or branch output whose type changed (or Equinox's loop machinery
@@ -111,6 +136,8 @@ def loop_mismatches(error: BaseException | None) -> tuple[list[Mismatch], str] |
         return _buffer_mismatches(error)
     if _CLOSURE in text:
         return _closure_mismatches(text, error)
+    if _LINEAR in text:
+        return _linear_mismatches(text, error)
     loop = _LOOP.match(text.strip())
     found = [(m, "carry") for m in _CARRY.finditer(text)]
     found += [(m, "branch") for m in _BRANCH.finditer(text)]

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._audit import InitCheck, Item, Skipped, Subject, _first_line
+from ._audit import InitCheck, Item, Skipped, Subject, _first_line, probe
 from .testing import Case
 
 # A small params pytree: a matrix, a vector and a scalar.
@@ -251,9 +251,8 @@ def _optax_case(
     grads_dtype: str | None,
     make_params: Callable[[str], Any],
     mirrored: bool,
+    extra: tuple[str, ...],
 ) -> Subject:
-    extra = _extra_arguments(tx, optax)
-
     def grads_of(dtype: str) -> Any:
         # Lookahead's params hold fast and slow copies; the gradients are of the fast ones.
         like = getattr(make_params(dtype), "fast", make_params(dtype))
@@ -293,17 +292,6 @@ def _follows_params(constructor: Callable[..., Any]) -> bool:
     )
 
 
-def _probe(case: Case) -> None:
-    """Traces one float32 step of `case` abstractly; raises what it raises."""
-
-    def step() -> Any:
-        state, args = case.inputs("float32")
-        args.insert(case.state_arg, state)  # type: ignore[arg-type]
-        return case.fn(*args, **dict(case.kwargs or {}))
-
-    jax.eval_shape(step)
-
-
 def _params_for(name: str, optax: Any) -> list[tuple[Callable[[str], Any], str | None]]:
     """The params to try, in order, each with what the row notes about them."""
     if name.split("(")[0] == "lookahead":
@@ -335,13 +323,22 @@ def _items(module: Any, prefix: str, grads_dtype: str | None) -> list[Item]:
             if not isinstance(tx, optax.GradientTransformation):
                 continue  # not a transformation after all
             subject, failure = None, None
-            for make_params, note in _params_for(display, optax):
+            extra = _extra_arguments(tx, optax)
+            # An update taking **extra_args may need `obj_fn` (Sophia's Hessian estimate).
+            extras = [extra, (*extra, "obj_fn")] if extra == _EXTRA_ARGUMENTS else [extra]
+            attempts = [(p, note, e) for p, note in _params_for(display, optax) for e in extras]
+            for make_params, note, extra in attempts:
                 candidate = _optax_case(
-                    tx, display, optax, grads_dtype, make_params, _follows_params(constructor.fn)
+                    tx,
+                    display,
+                    optax,
+                    grads_dtype,
+                    make_params,
+                    _follows_params(constructor.fn),
+                    extra,
                 )
-                try:
-                    _probe(candidate.case)
-                except Exception as error:
+                error = probe(candidate.case)
+                if error is not None:
                     failure = failure or error
                     continue
                 subject = dataclasses.replace(candidate, warnings=(note,) if note else ())
@@ -365,7 +362,7 @@ def _unbuildable(error: Exception) -> str:
     )
 
 
-def _unusable(error: Exception) -> str:
+def _unusable(error: BaseException) -> str:
     return (
         "its update fails on the audit's params (a 4x3 matrix, a 3-vector, a scalar) "
         f"with {_first_line(error)}; audit it on params it accepts with your own Case "

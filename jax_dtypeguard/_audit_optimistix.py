@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ._audit import INSTALL_HINT as INSTALL
-from ._audit import InitCheck, Item, Skipped, Subject, _first_line
+from ._audit import InitCheck, Item, Skipped, Subject, _first_line, probe
 from .testing import Case
 
 # The kinds of solver, each with its problems (tried in order: vector, then scalar).
@@ -181,11 +180,6 @@ def _case(row: str, solver: Any, problem: Problem) -> Subject:
     return Subject(case, init, notes)
 
 
-def _probe(subject: Subject) -> None:
-    """Runs the case once at float32; raises what it raises."""
-    subject.case._run("float32", weak_type=True)
-
-
 def optimistix_target() -> list[Item]:
     """The `optimistix` target: `solver.step` of every minimiser, root finder,
     least-squares and fixed-point solver Optimistix exports (`BestSoFar*`
@@ -199,17 +193,14 @@ def optimistix_target() -> list[Item]:
             items.append(found)
             continue
         row, kind, solver = found
-        failure: Exception | None = None
+        failure: BaseException | None = None
         subject = None
         for problem in PROBLEMS[kind]:
             candidate = _case(row, solver, problem)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the probe's; the rows record their own
-                try:
-                    _probe(candidate)
-                except Exception as error:
-                    failure = failure or error
-                    continue
+            error = probe(candidate.case)
+            if error is not None:
+                failure = failure or error
+                continue
             subject = candidate
             break
         if subject is None:

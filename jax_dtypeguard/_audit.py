@@ -126,8 +126,7 @@ def check_dtype(name: str) -> str:
         dtype = None
     if dtype is None or not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
         raise UsageError(
-            f"unknown dtype {name!r}; use JAX dtype names such as "
-            f"{','.join(DEFAULT_COLUMNS)}"
+            f"unknown dtype {name!r}; use JAX dtype names such as {','.join(DEFAULT_COLUMNS)}"
         )
     return dtype.name
 
@@ -235,9 +234,7 @@ def _load_registered(
 
 def _missing(name: str, error: ImportError) -> Skipped:
     module = getattr(error, "name", None) or _library(name)
-    return Skipped(
-        name, f"{module} is not installed, so its target is skipped: {INSTALL_HINT}"
-    )
+    return Skipped(name, f"{module} is not installed, so its target is skipped: {INSTALL_HINT}")
 
 
 def _parameters(fn: Callable[..., Any]) -> list[str]:
@@ -291,8 +288,7 @@ def _items(what: str, value: Any) -> list[Item]:
         items = list(value)
     except TypeError:
         raise UsageError(
-            f"{what} is a {type(value).__name__}, not an iterable of "
-            "jax_dtypeguard.testing.Case"
+            f"{what} is a {type(value).__name__}, not an iterable of jax_dtypeguard.testing.Case"
         ) from None
     for item in items:
         if not isinstance(item, (Case, Subject, Skipped)):

@@ -3,8 +3,9 @@ controllers' `adapt_step_size`, as `diffeqsolve`'s loop carries them.
 
 `y` is in the column's dtype; the times are in the column's dtype, then in
 float32 and in float64 (three rows per solver), since a float32 `t` with a
-float16 `y` is where a step promotes `y`. Leaves are split with Equinox's
-partition (`eqx.is_array`), as Diffrax's loop does.
+float16 `y` is where a step promotes `y`. Leaves are traced from the carried
+state whole, as `diffeqsolve`'s `while_loop` carries it (a Python int in a state is
+traced, as the loop makes it an array); functions and other objects are static.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def _terms(diffrax: Any, solver: Any) -> Any | None:
     return None
 
 
+def _carried(leaf: Any) -> bool:
+    """Every leaf JAX can trace is traced: `diffeqsolve`'s `while_loop` carries the
+    solver's and controller's states whole, so a Python int (StepTo's index)
+    becomes an array there, unlike under `eqx.partition`."""
+    return True
+
+
 def _as_carried(tree: Any) -> Any:
     """`tree` as `diffeqsolve`'s `while_loop` carries it: a Python scalar that a
     step returns (FSAL solvers return `False` for `first_step`) becomes the array
@@ -86,9 +94,9 @@ def _row(name: str, time_dtype: str | None) -> str:
     return f"diffrax.{name}" + (f" (t {time_dtype})" if time_dtype else "")
 
 
-def _solver_case(diffrax: Any, name: str, solver: Any, terms: Any, time_dtype: str | None) -> Subject:
-    import equinox as eqx
-
+def _solver_case(
+    diffrax: Any, name: str, solver: Any, terms: Any, time_dtype: str | None
+) -> Subject:
     def init_args(dtype: str) -> tuple[Any, ...]:
         t0, t1, _ = _times(dtype, time_dtype)
         return terms, t0, t1, _y0(dtype), None
@@ -108,17 +116,15 @@ def _solver_case(diffrax: Any, name: str, solver: Any, terms: Any, time_dtype: s
 
     step.__qualname__ = f"{type(solver).__qualname__}.step"
     case = Case(
-        _row(name, time_dtype), step, make=make, state_arg=(3, 5), out=(0, 3), traced=eqx.is_array
+        _row(name, time_dtype), step, make=make, state_arg=(3, 5), out=(0, 3), traced=_carried
     )
-    init = InitCheck(solver.init, init_args, 3, "solver_state", traced=eqx.is_array)
+    init = InitCheck(solver.init, init_args, 3, "solver_state", traced=_carried)
     return Subject(case, init)
 
 
 def _controller_case(
     diffrax: Any, name: str, controller: Any, time_dtype: str | None, fixed_steps: bool = False
 ) -> Subject:
-    import equinox as eqx
-
     terms = diffrax.ODETerm(_decay)
 
     def func(terms: Any, t: Any, y: Any, args: Any) -> Any:
@@ -157,10 +163,10 @@ def _controller_case(
         make=make,
         state_arg=(0, 1, 7),
         out=(1, 2, 4),
-        traced=eqx.is_array,
+        traced=_carried,
     )
     init = InitCheck(
-        controller.init, init_args, 3, "controller_state", lambda out: out[1], eqx.is_array
+        controller.init, init_args, 3, "controller_state", lambda out: out[1], _carried
     )
     return Subject(case, init)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._compat import Tracer
@@ -157,8 +158,8 @@ def check_init(check: InitCheck, dtype: str, mismatches: Sequence[Mismatch]) -> 
         ref = leaf.follows
         if ref is None or check.root + path in reported:
             continue
-        floats = np.issubdtype(ref.dtype, np.inexact) and np.issubdtype(
-            leaf.signature.dtype, np.inexact
+        floats = jnp.issubdtype(ref.dtype, jnp.inexact) and jnp.issubdtype(
+            leaf.signature.dtype, jnp.inexact
         )
         if floats and leaf.signature.dtype != ref.dtype:
             expected = str(ref._replace(weak_type=False))

@@ -90,7 +90,13 @@ def _closure_mismatches(text: str, error: BaseException) -> tuple[list[Mismatch]
     file, line, function = site or (None, None, None)
     origin = Origin("closure_convert", file, line, function)
     mismatches = [
-        Mismatch(f"argument {i}", "dtype" if a.split("[")[0] != b.split("[")[0] else "shape", a, b, origin)
+        Mismatch(
+            f"argument {i}",
+            "dtype" if a.split("[")[0] != b.split("[")[0] else "shape",
+            a,
+            b,
+            origin,
+        )
         for i, (a, b) in enumerate(zip(expected, got))
         if a != b
     ]
@@ -159,4 +165,3 @@ def loop_mismatches(error: BaseException | None) -> tuple[list[Mismatch], str] |
     thing = "carry" if found[0][1] == "carry" else "branch outputs"
     note = f"JAX rejected the {name} {thing}{where}: the library's own {name} drifted"
     return mismatches, note
-

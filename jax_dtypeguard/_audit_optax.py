@@ -30,7 +30,8 @@ _EXTRA_ARGUMENTS = ("value", "grad", "value_fn")
 def params(dtype: str, scale: float = 1.0, shapes: dict[str, tuple[int, ...]] = SHAPES) -> Any:
     """The audit's params (or gradients, with `scale=0.1`) in `dtype`."""
     return {
-        name: jnp.full(shape, scale * (i + 1), dtype) for i, (name, shape) in enumerate(shapes.items())
+        name: jnp.full(shape, scale * (i + 1), dtype)
+        for i, (name, shape) in enumerate(shapes.items())
     }
 
 
@@ -200,8 +201,7 @@ def _construct(
             continue
         if parameter.name not in values:
             raise LookupError(
-                f"its argument {parameter.name!r} has no default and the audit has no "
-                "value for it"
+                f"its argument {parameter.name!r} has no default and the audit has no value for it"
             )
         value = values[parameter.name]()
         description = _describe(value, optax)
@@ -276,7 +276,9 @@ def _optax_case(
     update.__name__ = "update"
     update.__qualname__ = f"{name}.update"
     case = Case(name, update, lambda dtype: tx.init(make_params(dtype)), make_args, 1, 1)
-    init = InitCheck(tx.init, lambda dtype: (make_params(dtype),), 0, "opt_state", mirrored=mirrored)
+    init = InitCheck(
+        tx.init, lambda dtype: (make_params(dtype),), 0, "opt_state", mirrored=mirrored
+    )
     return Subject(case, init)
 
 

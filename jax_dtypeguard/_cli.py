@@ -86,8 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         "--x64",
         choices=("on", "off"),
         default="off",
-        help="on: also run every 16/32-bit column with x64 on (default: off, each column "
-        "as named)",
+        help="on: also run every 16/32-bit column with x64 on (default: off, each column as named)",
     )
     audit.add_argument(
         "--only-drift",
@@ -299,9 +298,7 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(
-    results: Sequence[Any], dtypes: Sequence[str], only_drift: bool = False
-) -> str:
+def render_markdown(results: Sequence[Any], dtypes: Sequence[str], only_drift: bool = False) -> str:
     """A GitHub-flavoured Markdown table, then the details as lists."""
     shown = _shown(results, dtypes, only_drift)
     lines = [

@@ -250,7 +250,9 @@ class _PartsCheck:
         traced: Callable[[Any], bool] | None,
     ) -> None:
         self.fn = fn
-        fallback = ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
+        fallback = (
+            ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
+        )
         self.parameters = [StateParameter.at(fn, p, f) for p, f in zip(positions, fallback)]
         self.outs = outs
         self.weak_type = weak_type
@@ -280,7 +282,9 @@ class _PartsCheck:
             part_out = self._select(result, index, name)
             dynamic_in, static_in = self._partition(part_in)
             dynamic_out, static_out = self._partition(part_out)
-            found = list(compare_states(dynamic_in, dynamic_out, parameter.name, self.weak_type).mismatches)
+            found = list(
+                compare_states(dynamic_in, dynamic_out, parameter.name, self.weak_type).mismatches
+            )
             if found:
                 found = explain(self.fn, parameter, index, args, kwargs, found)
             mismatches += found + _static_changes(static_in, static_out, parameter.name)

@@ -292,7 +292,10 @@ def test_case_errors_name_the_case_and_the_dtype(case, message, cause):
         ({"fn": None}, "Case 'c': fn must be callable; got NoneType None"),
         ({"make_state": "ones"}, "Case 'c': make_state must be callable; got str 'ones'"),
         ({"make_args": ()}, "Case 'c': make_args must be callable"),
-        ({"state_arg": "0"}, "Case 'c': state_arg must be an int position or a tuple of them; got '0'"),
+        (
+            {"state_arg": "0"},
+            "Case 'c': state_arg must be an int position or a tuple of them; got '0'",
+        ),
         ({"out": 1.0}, "Case 'c': out must be None or an int index; got 1.0"),
         ({"kwargs": [1]}, "Case 'c': kwargs must be a mapping of keyword arguments; got list"),
     ],

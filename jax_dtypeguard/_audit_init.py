@@ -113,8 +113,9 @@ def _init_leaves(check: InitCheck, dtype: str) -> dict[str, _Leaf]:
             for node_path, node in nodes:
                 if not matches(node):
                     continue
-                for (path, leaf), ref in zip(_tree.tree_flatten_with_path(node)[0], ref_leaves):
-                    wanted[_tree.keystr(node_path) + _tree.keystr(path)] = LeafSignature.of(ref)
+                subpaths = [_tree.keystr(path) for path, _ in _tree.tree_flatten_with_path(node)[0]]
+                for path, ref in zip(subpaths, ref_leaves):
+                    wanted[_tree.keystr(node_path) + path] = LeafSignature.of(ref)
         arrays = [
             (_tree.keystr(path), leaf)
             for path, leaf in _tree.tree_flatten_with_path(state)[0]

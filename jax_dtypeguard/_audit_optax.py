@@ -45,8 +45,9 @@ class Constructor:
 
     `certain`: its return annotation says so, or it is a class with a
     `gradient_transformation` method (`MultiSteps`); the others are tried.
-    `optimizer`: an optimizer alias (`adam`, `contrib.prodigy`), not a building
-    block (`scale_by_adam`, `chain`).
+    `optimizer`: defined with Optax's optimizer aliases (`adam`,
+    `contrib.prodigy`), not a building block (`scale_by_adam`, `chain`); an
+    unannotated one may still turn out not to build a transformation.
     """
 
     name: str
@@ -73,10 +74,8 @@ def constructors(module: Any, prefix: str = "") -> list[Constructor]:
         annotation = _return_annotation(value)
         certain = "GradientTransformation" in annotation
         if certain or annotation == "":
-            optimizer = (
-                value.__module__.startswith(alias_modules)
-                and not name.startswith("scale_by_")
-                and certain
+            optimizer = value.__module__.startswith(alias_modules) and not name.startswith(
+                "scale_by_"
             )
             found.append(Constructor(prefix + name, value, certain, optimizer))
     return found

@@ -412,22 +412,9 @@ def eager_overhead(
 
 def _discover(optax: Any) -> list[tuple[str, Any]]:
     """(name, transformation) for every optimizer Optax exports, as the audit builds them."""
-    try:
-        from jax_dtypeguard import _audit
+    from jax_dtypeguard._audit_optax import transformations
 
-        values = _audit._argument_values(optax)
-        found = []
-        for name, constructor, _certain in _audit._candidates(optax):
-            try:
-                tx, display = _audit._construct(name, constructor, optax, values)
-            except Exception:
-                continue
-            if isinstance(tx, optax.GradientTransformation):
-                found.append((display, tx))
-        return found
-    except (ImportError, AttributeError):
-        names = ["adam", "adamw", "sgd", "rmsprop", "adagrad", "lion", "adabelief", "lamb"]
-        return [(name, getattr(optax, name)(1e-3)) for name in names] + [("lbfgs", optax.lbfgs())]
+    return transformations(optax)
 
 
 def _compiles(tx: Any, optax: Any, steps: int = 3) -> int:

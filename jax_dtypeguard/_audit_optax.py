@@ -95,6 +95,26 @@ def optimizers(optax: Any = None) -> dict[str, Callable[..., Any]]:
     return found
 
 
+def transformations(module: Any = None, prefix: str = "") -> list[tuple[str, Any]]:
+    """`(row name, transformation)` for every transformation `module` (default:
+    `optax`) exports that builds with the audit's arguments: what the `optax`
+    target audits, for benchmarks that time the same set."""
+    import optax
+
+    values = _argument_values(optax)
+    found = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated aliases still build
+        for constructor in constructors(module or optax, prefix):
+            try:
+                tx, display = _construct(constructor.name, constructor.fn, optax, values)
+            except Exception:
+                continue
+            if isinstance(tx, optax.GradientTransformation):
+                found.append((display, tx))
+    return found
+
+
 def _return_annotation(fn: Any) -> str:
     try:
         annotation = inspect.signature(fn).return_annotation

@@ -540,3 +540,29 @@ def test_float32_with_x64_on_is_where_float64_values_promote():
 
     case = Case("add", add_float64, ones)
     assert [m.got for m in dtype_sweep(case, ["float32+x64"])["float32+x64"]] == ["float64[3]"]
+
+
+def test_the_docs_optimistix_example():
+    # docs/testing.md, "States over several arguments": a ```py block, run here.
+    eqx = pytest.importorskip("equinox")
+    optx = pytest.importorskip("optimistix")
+    solver = optx.BFGS(rtol=1e-3, atol=1e-6)
+
+    def loss(y, args):
+        return jnp.sum((y - 1.0) ** 2), None
+
+    def make(dtype):
+        y0 = jnp.zeros(3, dtype)
+        f_struct, aux_struct = jax.eval_shape(lambda: loss(y0, None))
+        state = solver.init(loss, y0, None, {}, f_struct, aux_struct, frozenset())
+        return (y0, state), [loss, None, {}, frozenset()]
+
+    def step(fn, y, args, options, state, tags):
+        return solver.step(fn, y, args, options, state, tags)
+
+    bfgs = Case("bfgs", step, make=make, state_arg=(1, 4), out=(0, 1), traced=eqx.is_array)
+    assert dtype_sweep(bfgs, ["bfloat16", "float32", "float32+x64"]) == {
+        "bfloat16": [],
+        "float32": [],
+        "float32+x64": [],
+    }

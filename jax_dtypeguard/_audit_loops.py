@@ -91,7 +91,7 @@ def _closure_mismatches(text: str, error: BaseException) -> tuple[list[Mismatch]
     origin = Origin("closure_convert", file, line, function)
     mismatches = [
         Mismatch(
-            f"argument {i}",
+            f"closure_argument[{i}]",
             "dtype" if a.split("[")[0] != b.split("[")[0] else "shape",
             a,
             b,
@@ -121,7 +121,7 @@ def _linear_mismatches(text: str, error: BaseException) -> tuple[list[Mismatch],
         b = f"{dtype_b}[{shape_b.replace(' ', '').rstrip(',')}]"
         if a != b:
             kind: Any = "dtype" if dtype_a != dtype_b else "shape"
-            mismatches.append(Mismatch(f"operator output[{i}]", kind, a, b, origin))
+            mismatches.append(Mismatch(f"operator_output[{i}]", kind, a, b, origin))
     if not mismatches:
         return None
     where = f" at {file}:{line} in {function}" if site else ""
@@ -156,7 +156,7 @@ def loop_mismatches(error: BaseException | None) -> tuple[list[Mismatch], str] |
     for match, what in found:
         path = match.groupdict().get("path") or ""
         if what == "branch":
-            path = f"{match.group('first')} output{path}"
+            path = f"{match.group('first')}{path}"  # the branch's output at JAX's path
         expected, got = match.group("expected"), match.group("got")
         origin = Origin(name, file, line, function)
         kind: Any = _kind(match.group("what"), expected, got)

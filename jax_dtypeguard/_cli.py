@@ -239,10 +239,9 @@ def next_step(results: Sequence[Any]) -> str:
     statuses = {r.status for r in results}
     if "drift" in statuses:
         return (
-            "Next step: guard what drifts: jax_dtypeguard.optax.invariant(tx) for an "
-            'optimizer, @state_dtype_invariant(mode="cast") for a step function (see '
-            "the details for each leaf and where it drifted); report a library's drift "
-            "upstream with the --format json entry."
+            "Next step: guard what drifts with jax_dtypeguard.optax.invariant(tx) "
+            '(optimizers) or @state_dtype_invariant(mode="cast") (step functions); '
+            "report a library's drift upstream with its --format json entry."
         )
     if "error" in statuses:
         return (
@@ -298,8 +297,14 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(results: Sequence[Any], dtypes: Sequence[str], only_drift: bool = False) -> str:
-    """A GitHub-flavoured Markdown table, then the details as lists."""
+def render_markdown(
+    results: Sequence[Any],
+    dtypes: Sequence[str],
+    only_drift: bool = False,
+    versions: dict[str, str] | None = None,
+) -> str:
+    """A GitHub-flavoured Markdown table, then the details as lists, the totals,
+    the versions audited and the next step."""
     shown = _shown(results, dtypes, only_drift)
     lines = [
         "| case | " + " | ".join(dtypes) + " |",
@@ -314,7 +319,11 @@ def render_markdown(results: Sequence[Any], dtypes: Sequence[str], only_drift: b
         for title, block in details:
             lines.append(f"- **{_md(title)}**")
             lines += [f"  - `{line}`" for line in block]
-    lines += ["", _totals(results, dtypes) + ".", "", next_step(results)]
+    lines += ["", _totals(results, dtypes) + "."]
+    if versions:
+        audited = ", ".join(f"{name} {version}" for name, version in versions.items())
+        lines += ["", f"Audited with {audited}."]
+    lines += ["", next_step(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -472,7 +481,8 @@ def _audit(options: argparse.Namespace) -> int:
         if options.format == "json":
             stream.write(render_json(results, _audit.library_versions(libraries)))
         elif options.format == "markdown":
-            stream.write(render_markdown(results, labels, options.only_drift))
+            versions = _audit.library_versions(libraries)
+            stream.write(render_markdown(results, labels, options.only_drift, versions))
         elif output is None and stream.isatty() and _has_rich():
             _print_rich_table(results, labels, stream, options.only_drift)
         else:

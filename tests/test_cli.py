@@ -63,7 +63,7 @@ def test_table_rows_columns_details_and_totals(capsys):
     assert "[dtype]" in out
     *_, totals, next_step = out.rstrip().splitlines()
     assert totals == "2 cases x 5 columns: 8 ok, 2 drift, 0 skipped, 0 error"
-    assert next_step.startswith("Next step: guard what drifts: jax_dtypeguard.optax.invariant(tx)")
+    assert next_step.startswith("Next step: guard what drifts with jax_dtypeguard.optax.invariant")
 
 
 def test_stable_target_exits_0_without_details(capsys):

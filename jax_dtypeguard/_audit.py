@@ -25,8 +25,8 @@ from . import _config
 from ._audit_init import InitCheck, check_init
 from ._audit_loops import loop_mismatches
 from ._compat import enable_x64
-from ._decorator import StateParameter, _Guard
-from ._errors import CASTABLE_KINDS, Mismatch
+from ._decorator import StateParameter, _Guard, describe_location
+from ._errors import CASTABLE_KINDS, Mismatch, Origin
 from .testing import X64_SUFFIX, Case, CaseError, _split_static
 
 ENTRY_POINT_GROUP = "jax_dtypeguard.audit_targets"
@@ -62,12 +62,15 @@ class Skipped:
 
 @dataclasses.dataclass(frozen=True)
 class Subject:
-    """A case with what the audit checks besides it: its `init`, and the warnings
-    raised while the target built it (they belong in its rows)."""
+    """A case with what the audit checks besides it: its `init`, the warnings
+    raised while the target built it (they belong in its rows), and the
+    library's own step function (`source`), named as the origin of a drift whose
+    first operation cannot be found (a value from a constant of the library)."""
 
     case: Case
     init: InitCheck | None = None
     warnings: tuple[str, ...] = ()
+    source: Callable[..., Any] | None = None  # the library's step, where no origin is found
 
     @property
     def name(self) -> str:
@@ -482,7 +485,7 @@ def _run_into(
             mismatches = check_init(subject.init, dtype, mismatches)
         except Exception as error:
             result.warnings.append(f"the init check could not run: {_first_line(error)}")
-    result.mismatches = list(mismatches)
+    result.mismatches = [_with_source(m, subject.source) for m in mismatches]
     result.status = "drift" if mismatches else "ok"
     notes = [result.reason] if result.reason else []
     if jit:
@@ -504,6 +507,16 @@ def _run_into(
         else:
             notes.append(_cast_note(result.cast_left))
     result.reason = "; ".join(notes) or None
+
+
+def _with_source(mismatch: Mismatch, source: Callable[..., Any] | None) -> Mismatch:
+    """`mismatch`, its origin the library's step where none was found."""
+    if mismatch.origin is not None or source is None or mismatch.kind not in CASTABLE_KINDS:
+        return mismatch
+    function, location = describe_location(source)
+    file, _, line = location.rpartition(":")
+    origin = Origin("return", file, int(line) if line.isdigit() else None, function)
+    return dataclasses.replace(mismatch, origin=origin)
 
 
 def _cast_note(left: list[Mismatch]) -> str:

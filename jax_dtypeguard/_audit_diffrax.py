@@ -119,7 +119,7 @@ def _solver_case(
         _row(name, time_dtype), step, make=make, state_arg=(3, 5), out=(0, 3), traced=_carried
     )
     init = InitCheck(solver.init, init_args, 3, "solver_state", traced=_carried)
-    return Subject(case, init)
+    return Subject(case, init, source=type(solver).step)
 
 
 def _controller_case(
@@ -168,7 +168,7 @@ def _controller_case(
     init = InitCheck(
         controller.init, init_args, 3, "controller_state", lambda out: out[1], _carried
     )
-    return Subject(case, init)
+    return Subject(case, init, source=type(controller).adapt_step_size)
 
 
 def _controllers(diffrax: Any) -> list[tuple[str, Any] | Skipped]:

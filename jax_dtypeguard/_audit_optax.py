@@ -298,7 +298,7 @@ def _optax_case(
     init = InitCheck(
         tx.init, lambda dtype: (make_params(dtype),), 0, "opt_state", mirrored=mirrored
     )
-    return Subject(case, init)
+    return Subject(case, init, source=tx.update)
 
 
 def _follows_params(constructor: Callable[..., Any]) -> bool:

@@ -177,7 +177,7 @@ def _case(row: str, solver: Any, problem: Problem) -> Subject:
     case = Case(row, step, make=make, state_arg=(1, 4), out=(0, 1), traced=eqx.is_array)
     init = InitCheck(solver.init, init_args, 1, "state", traced=eqx.is_array)
     notes = (f"audited on {problem.note}",) if problem.note else ()
-    return Subject(case, init, notes)
+    return Subject(case, init, notes, source=type(solver).step)
 
 
 def optimistix_target() -> list[Item]:

@@ -373,9 +373,11 @@ def _jit_compiles(case: Case, dtype: str) -> int:
     state, args = case.inputs(dtype)
     several = isinstance(case.state_arg, tuple)
     parts = list(state) if several else [state]
-    outs = case.out if several else (case.out,)
-    if several and outs is None:
-        outs = tuple(range(len(parts)))
+    outs: tuple[Any, ...] = (
+        (case.out if isinstance(case.out, tuple) else tuple(range(len(parts))))
+        if several
+        else (case.out,)
+    )
     traces = [0]
 
     def step(values: list[Any], static: _Static) -> Any:

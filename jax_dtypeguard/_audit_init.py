@@ -133,7 +133,7 @@ def _init_leaves(check: InitCheck, dtype: str) -> dict[str, _Leaf]:
     for path, outvar, aval, ref in zip(paths, closed.jaxpr.outvars, closed.out_avals, follows):
         eqn = producers.get(id(outvar))
         where = _user_location(eqn) if eqn is not None else None
-        if where is None:
+        if eqn is None or where is None:
             number = int(line) if line.isdigit() else None
             origin = InitOrigin("init", file or None, number, name, constant=True)
         else:

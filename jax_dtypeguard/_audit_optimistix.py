@@ -124,11 +124,12 @@ def _solvers(optx: Any) -> list[tuple[str, str, Any] | Skipped]:
         if kind is None:
             continue
         row = f"optimistix.{name}"
+        build: Any = cls
         parameters = inspect.signature(cls).parameters.values()
         required = [p.name for p in parameters if p.default is p.empty]
         if required == ["solver"]:
             inner_name, inner = representatives[kind]
-            found.append((f"{row}({inner_name})", kind, cls(inner)))
+            found.append((f"{row}({inner_name})", kind, build(inner)))
             continue
         if "optim" in required:
             try:
@@ -138,7 +139,7 @@ def _solvers(optx: Any) -> list[tuple[str, str, Any] | Skipped]:
                 continue
             for optimizer_name, optimizer in optimizers:
                 found.append(
-                    (f"{row}({optimizer_name})", kind, cls(optimizer, rtol=1e-3, atol=1e-6))
+                    (f"{row}({optimizer_name})", kind, build(optimizer, rtol=1e-3, atol=1e-6))
                 )
             continue
         missing = [p for p in required if p not in _TOLERANCES]
@@ -151,7 +152,7 @@ def _solvers(optx: Any) -> list[tuple[str, str, Any] | Skipped]:
                 )
             )
             continue
-        found.append((row, kind, cls(**{p: _TOLERANCES[p] for p in required})))
+        found.append((row, kind, build(**{p: _TOLERANCES[p] for p in required})))
     return found
 
 

@@ -119,9 +119,7 @@ def _outs(out: Any, count: int, what: str) -> Any:
     return out
 
 
-def _insert_parts(
-    args: Sequence[Any], positions: tuple[int, ...], parts: Sequence[Any]
-) -> list[Any]:
+def _insert_parts(args: Sequence[Any], positions: Any, parts: Sequence[Any]) -> list[Any]:
     """`args` with each part of the state inserted at its position in the full call."""
     total = len(args) + len(positions)
     for position in positions:
@@ -217,11 +215,12 @@ def assert_state_dtype_invariant(
     _validate("check", weak_type, True, None, None)
     call_args = _insert_parts(args, positions, parts)
     if several or traced is not None:
-        outs = out if several else (out,)
+        outs: tuple[Any, ...] = out if isinstance(out, tuple) else (out,)
         guard: Callable[..., Any] = _PartsCheck(fn, positions, outs, weak_type, traced)
     else:
         parameter = StateParameter.at(fn, positions[0], "state")
-        guard = _Assertion(fn, parameter, out, "check", weak_type, annotations=True)
+        single: Any = out
+        guard = _Assertion(fn, parameter, single, "check", weak_type, annotations=True)
     inputs, rebuild = _split_static((call_args, kwargs), traced)
 
     def run(values: list[Any]) -> Any:

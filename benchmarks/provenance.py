@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from jax_dtypeguard import _provenance
-from jax_dtypeguard._decorator import StateParameter
 from jax_dtypeguard._errors import Mismatch
+from jax_dtypeguard._plan import StateParameter
 
 
 def _step(state: Any, grad: Any, steps: int) -> Any:
@@ -34,7 +34,7 @@ def run(equations: int = 10_000, repeat: int = 3) -> dict[str, Any]:
     def step(state: Any, grad: Any) -> Any:
         return _step(state, grad, steps)
 
-    parameter = StateParameter(step, None)
+    parameter = StateParameter.of(step, None)
     mismatch = [Mismatch("state['x']", "dtype", "bfloat16[8]", "float32[8]")]
     start = time.perf_counter()
     jaxpr = jax.make_jaxpr(step)(state, grad)

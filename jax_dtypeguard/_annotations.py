@@ -31,7 +31,7 @@ from beartype.door import is_bearable
 
 from ._compat import Tracer
 from ._errors import Mismatch
-from ._signature import LeafSignature, NotALeafError
+from ._signature import LeafSignature, NotALeafError, remember
 
 # --- jaxtyping private API: only here. -------------------------------------------
 # The dimension sizes bound so far in the current memo, for messages only.
@@ -58,7 +58,6 @@ def dimension_bindings() -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------
 
-_CACHE_LIMIT = 4096
 _NONE_TYPE = type(None)
 _UNIONS = (typing.Union, types.UnionType)
 _SEQUENCES = (
@@ -410,11 +409,13 @@ def _target(fn: Callable[..., Any]) -> Any:
 class _Checker:
     """The annotation check of one guarded function (see the module docstring)."""
 
-    def __init__(self, fn: Callable[..., Any], target: Any, raw: dict, state_name: str) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], target: Any, raw: dict, state_names: tuple[str, ...]
+    ) -> None:
         self.fn = fn
         self.target = target
         self.raw = raw
-        self.state_name = state_name
+        self.state_names = state_names
         self.name = getattr(target, "__qualname__", None) or type(fn).__qualname__
         self.plan: _Plan | None = None
         self.cache: dict[Any, tuple[Mismatch, ...]] = {}
@@ -489,9 +490,7 @@ class _Checker:
                 key = None
         mismatches = self.check(args, kwargs, result)
         if key is not None:
-            if len(self.cache) >= _CACHE_LIMIT:
-                self.cache.clear()
-            self.cache[key] = tuple(mismatches)
+            remember(self.cache, key, tuple(mismatches))
         return mismatches
 
     def check(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> list:
@@ -508,7 +507,7 @@ class _Checker:
             for name, value in arguments.items():
                 entry = plan.parameters.get(name)
                 if entry is None:
-                    if name == self.state_name:
+                    if name in self.state_names:
                         walk.by_value(name, value)
                     continue
                 kind, hint, text, owner = entry
@@ -549,7 +548,7 @@ def _eager_key(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> An
 
 
 def checker_for(
-    fn: Callable[..., Any], state_name: str
+    fn: Callable[..., Any], state_names: tuple[str, ...]
 ) -> Callable[[tuple[Any, ...], dict[str, Any], Any], list[Mismatch]] | None:
     """A checker of `fn`'s annotations, or None when `fn` has none.
 
@@ -559,4 +558,4 @@ def checker_for(
     raw = _raw_annotations(target) if callable(target) else {}
     if not raw:
         return None
-    return _Checker(fn, target, raw, state_name)
+    return _Checker(fn, target, raw, state_names)

@@ -25,8 +25,9 @@ from . import _config
 from ._audit_init import InitCheck, check_init
 from ._audit_loops import loop_mismatches
 from ._compat import enable_x64
-from ._decorator import StateParameter, _Guard, describe_location
 from ._errors import CASTABLE_KINDS, Mismatch, Origin
+from ._guard import Guard, guarded_callable
+from ._plan import CallPlan, StateParameter, describe_location
 from .testing import X64_SUFFIX, Case, CaseError, _split_static
 
 ENTRY_POINT_GROUP = "jax_dtypeguard.audit_targets"
@@ -395,22 +396,16 @@ def _jit_compiles(case: Case, dtype: str) -> int:
 
 def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
     """What remains after cast mode, for a case with dtype/weak_type drift."""
-    if isinstance(case.state_arg, tuple):
-        return list(case._run(dtype, weak_type=weak_type))  # several parts: cast not verified
-    guard = _Guard(
-        case.fn,
-        StateParameter.at(case.fn, case.state_arg, "state"),
-        case.out if not isinstance(case.out, tuple) else None,
-        "cast",
-        weak_type,
-        annotations=False,
+    positions = case.state_arg if isinstance(case.state_arg, tuple) else (case.state_arg,)
+    outs = case.out if isinstance(case.out, tuple) else (case.out,)
+    if len(positions) > 1 and case.out is None:
+        outs = tuple(range(len(positions)))
+    fallback = ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
+    states = tuple(StateParameter.at(case.fn, p, f) for p, f in zip(positions, fallback))
+    guard = Guard(
+        case.fn, CallPlan(states, outs), mode="cast", weak_type=weak_type, annotations=False
     )
-
-    def cast_fn(*args: Any, **kwargs: Any) -> Any:
-        return guard(*args, **kwargs)
-
-    cast_fn.__wrapped__ = case.fn  # type: ignore[attr-defined]
-    return dataclasses.replace(case, fn=cast_fn)._run(dtype, weak_type=weak_type)
+    return dataclasses.replace(case, fn=guarded_callable(guard))._run(dtype, weak_type=weak_type)
 
 
 def _is_64bit(name: str) -> bool:

@@ -9,8 +9,16 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._compat import Tracer
 from ._errors import CASTABLE_KINDS, Mismatch
-from ._signature import LeafSignature, NotALeafError
+from ._signature import (
+    LeafSignature,
+    NotALeafError,
+    category,
+    describe_static,
+    is_static,
+    static_equal,
+)
 
 _tree = jax.tree_util
 
@@ -37,10 +45,9 @@ def _signature(leaf: Any, path: str) -> LeafSignature:
         return LeafSignature.of(leaf)
     except NotALeafError as error:
         raise TypeError(
-            f"state leaf {path} is {error}: state leaves must be arrays or Python "
-            "scalars (bool, int, float, complex). Keep other values out of the "
-            "state, or mark them static (`equinox.field(static=True)`, "
-            "`flax.struct.field(pytree_node=False)`)."
+            f"state leaf {path} is {error}: state leaves must be arrays of JAX dtypes, "
+            "Python scalars, or static objects (functions, strings, other objects). "
+            "Convert it to a JAX dtype, or keep it out of the state."
         ) from None
 
 
@@ -48,30 +55,56 @@ def _uncastable_dtype(dtype: np.dtype) -> bool:
     return jax.numpy.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jax.dtypes.float0
 
 
-def compare_leaves(path: str, a: Any, b: Any, weak_type: bool) -> list[Mismatch]:
-    """Every mismatch between input leaf `a` and output leaf `b`."""
+def _static_mismatch(path: str, a: Any, b: Any) -> list[Mismatch]:
+    if is_static(a) and is_static(b) and static_equal(a, b):
+        return []
+    describe = lambda x: describe_static(x) if is_static(x) else str(_signature(x, path))  # noqa: E731
+    return [Mismatch(path, "structure", describe(a), describe(b))]
+
+
+def compare_leaves(
+    path: str, a: Any, b: Any, weak_type: bool
+) -> tuple[list[Mismatch], LeafSignature | None]:
+    """Every mismatch between input leaf `a` and output leaf `b`, and the cast that fixes them.
+
+    The cast target is `None` when no cast can fix them without changing what
+    a value means: a change of shape, sharding or structure, of a dtype's
+    category (int -> float), or of a typed key or float0.
+    """
+    if is_static(a) or is_static(b):
+        return _static_mismatch(path, a, b), None
     sa, sb = _signature(a, path), _signature(b, path)
     if sa == sb:
-        return []
+        return [], None
     if (sa.python_scalar is None) != (sb.python_scalar is None):
-        return [Mismatch(path, "structure", str(sa), str(sb))]
+        found = [Mismatch(path, "structure", str(sa), str(sb), expected_type=sa, got_type=sb)]
+        # A Python scalar that an eager step returns as a 0-d array of its kind: cast to
+        # the weak array `jit` makes of the scalar. A traced array for a scalar that
+        # stayed static (Equinox's filtering) cannot be made static again by a cast.
+        scalar_to_array = (
+            sa.python_scalar is not None
+            and not isinstance(b, Tracer)
+            and sb.shape == ()
+            and sb.sharding is None
+            and category(sa.dtype) == category(sb.dtype)
+        )
+        return found, (sa._replace(python_scalar=None) if scalar_to_array else None)
     found = []
     if sa.shape != sb.shape:
-        found.append(Mismatch(path, "shape", str(sa), str(sb)))
+        found.append(Mismatch(path, "shape", str(sa), str(sb), expected_type=sa, got_type=sb))
     if sa.dtype != sb.dtype:
-        found.append(Mismatch(path, "dtype", str(sa), str(sb)))
+        found.append(Mismatch(path, "dtype", str(sa), str(sb), expected_type=sa, got_type=sb))
     if weak_type and sa.weak_type != sb.weak_type:
-        found.append(Mismatch(path, "weak_type", str(sa), str(sb)))
+        found.append(Mismatch(path, "weak_type", str(sa), str(sb), expected_type=sa, got_type=sb))
     if sa.sharding != sb.sharding:
-        found.append(Mismatch(path, "sharding", str(sa), str(sb)))
-    return found
-
-
-def _is_castable(a: Any, b: Any, found: list[Mismatch]) -> bool:
-    if not all(m.kind in CASTABLE_KINDS for m in found):
-        return False
-    sa, sb = LeafSignature.of(a), LeafSignature.of(b)
-    return not (_uncastable_dtype(sa.dtype) or _uncastable_dtype(sb.dtype))
+        found.append(Mismatch(path, "sharding", str(sa), str(sb), expected_type=sa, got_type=sb))
+    castable = (
+        found
+        and all(m.kind in CASTABLE_KINDS for m in found)
+        and category(sa.dtype) == category(sb.dtype)
+        and not (_uncastable_dtype(sa.dtype) or _uncastable_dtype(sb.dtype))
+    )
+    return found, (sa if castable else None)
 
 
 _MAX_KEYS_SHOWN = 12
@@ -81,7 +114,7 @@ def _describe(node: Any, path: str, other: Any = None) -> str:
     if node is None:
         return "None"
     if _is_leaf(node):
-        return str(_signature(node, path))
+        return describe_static(node) if is_static(node) else str(_signature(node, path))
     children, _ = _one_level(node)
     kind = type(node)
     if kind is dict:
@@ -99,6 +132,37 @@ def _describe(node: Any, path: str, other: Any = None) -> str:
     return f"{kind.__qualname__}({fields})"
 
 
+def _static_fields(a: Any, b: Any, level_a: Any, level_b: Any) -> tuple[str, str]:
+    """Two nodes of one type that differ in static data, with the fields that differ."""
+    name = type(a).__qualname__
+    if dataclasses.is_dataclass(a) and type(a) is type(b):
+        children = {key.lstrip(".") for key in _one_level(a)[0]}
+        differing = [
+            field.name
+            for field in dataclasses.fields(a)
+            if field.name not in children
+            and not static_equal(getattr(a, field.name, None), getattr(b, field.name, None))
+        ]
+        if differing:
+            show = lambda node: ", ".join(  # noqa: E731
+                f"{f}={_static_text(getattr(node, f, None))}" for f in differing
+            )
+            return f"{name}({show(a)})", f"{name}({show(b)})"
+    return (
+        f"{name} with static data {_node_data(level_a)}",
+        f"{name} with static data {_node_data(level_b)}",
+    )
+
+
+def _static_text(value: Any) -> str:
+    return describe_static(value) if is_static(value) else repr(value)
+
+
+def _node_data(treedef: Any) -> str:
+    data = treedef.node_data() if hasattr(treedef, "node_data") else None
+    return repr(data[1]) if data is not None else str(treedef)
+
+
 def _is_leaf(node: Any) -> bool:
     treedef = _tree.tree_structure(node)
     return treedef.num_nodes == 1 and treedef.num_leaves == 1
@@ -112,21 +176,21 @@ def _one_level(node: Any) -> tuple[dict[str, Any], Any]:
 
 def _drifting_leaves(
     a: Any, b: Any, root: str, weak_type: bool
-) -> Iterator[tuple[int, Any, list[Mismatch], bool]]:
-    """For two trees of one structure: (index, input leaf, mismatches, castable) per drifting leaf."""
+) -> Iterator[tuple[int, list[Mismatch], LeafSignature | None]]:
+    """For two trees of one structure: (index, mismatches, cast target) per drifting leaf."""
     entries, _ = _tree.tree_flatten_with_path(a)
     for index, ((path, leaf_a), leaf_b) in enumerate(zip(entries, _tree.tree_leaves(b))):
-        leaf_found = compare_leaves(root + _tree.keystr(path), leaf_a, leaf_b, weak_type)
+        leaf_found, target = compare_leaves(root + _tree.keystr(path), leaf_a, leaf_b, weak_type)
         if leaf_found:
-            yield index, leaf_a, leaf_found, _is_castable(leaf_a, leaf_b, leaf_found)
+            yield index, leaf_found, target
 
 
 def _compare_flat(
     a: Any, b: Any, root: str, weak_type: bool, found: list[Mismatch], unfixable: list[Mismatch]
 ) -> None:
-    for _, _, leaf_found, castable in _drifting_leaves(a, b, root, weak_type):
+    for _, leaf_found, target in _drifting_leaves(a, b, root, weak_type):
         found.extend(leaf_found)
-        if not castable:
+        if target is None:
             unfixable.extend(leaf_found)
 
 
@@ -152,7 +216,10 @@ def _walk(
         children_a, level_a = _one_level(a)
         children_b, level_b = _one_level(b)
         if level_a != level_b:
-            mismatch = Mismatch(path, "structure", _describe(a, path, b), _describe(b, path, a))
+            expected, got = _describe(a, path, b), _describe(b, path, a)
+            if expected == got:  # same container and children: a static field changed
+                expected, got = _static_fields(a, b, level_a, level_b)
+            mismatch = Mismatch(path, "structure", expected, got)
             found.append(mismatch)
             unfixable.append(mismatch)
         common = [(key, child) for key, child in children_a.items() if key in children_b]
@@ -167,12 +234,10 @@ def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = T
         _walk(state_in, state_out, root, weak_type, found, uncastable)
         return Verdict(tuple(found), (), tuple(uncastable))
     castable = []
-    for index, leaf_in, leaf_found, fixable in _drifting_leaves(
-        state_in, state_out, root, weak_type
-    ):
+    for index, leaf_found, target in _drifting_leaves(state_in, state_out, root, weak_type):
         found.extend(leaf_found)
-        if fixable:
-            castable.append((index, LeafSignature.of(leaf_in)))
+        if target is not None:
+            castable.append((index, target))
         else:
             uncastable.extend(leaf_found)
     return Verdict(tuple(found), tuple(castable), tuple(uncastable))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
+
+from ._signature import category
 
 Kind = Literal["structure", "shape", "dtype", "weak_type", "sharding", "annotation"]
 CASTABLE_KINDS = frozenset({"dtype", "weak_type"})
@@ -55,6 +57,9 @@ class Mismatch:
     - `expected`: the input state's type at that path (or the annotation).
     - `got`: the output's type at that path (or what was found).
     - `origin`: where a dtype/weak_type drift was introduced, or `None`.
+    - `expected_type`, `got_type`: the two leaf types behind `expected` and
+      `got` (shape, dtype, weak_type, sharding), where both are arrays or
+      Python scalars; else `None`.
     """
 
     path: str
@@ -62,6 +67,8 @@ class Mismatch:
     expected: str
     got: str
     origin: Origin | None = None
+    expected_type: Any = dataclasses.field(default=None, compare=False, repr=False)
+    got_type: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.expected} -> {self.got}"
@@ -92,21 +99,43 @@ Mismatch.__module__ = "jax_dtypeguard"
 Origin.__module__ = "jax_dtypeguard"
 
 
-def _hint(mismatches: Sequence[Mismatch], mode: str) -> str:
+_NUMERIC_KINDS = frozenset({"bool", "bool_", "integer", "floating", "complexfloating"})
+
+
+def _changes_kind(m: Mismatch) -> bool:
+    """A dtype drift from one numeric kind to another (int -> float), which no cast undoes."""
+    if m.kind != "dtype" or m.expected_type is None or m.got_type is None:
+        return False
+    kinds = category(m.expected_type.dtype), category(m.got_type.dtype)
+    return kinds[0] != kinds[1] and set(kinds) <= _NUMERIC_KINDS
+
+
+def _hint(mismatches: Sequence[Mismatch], mode: str, strict: bool) -> str:
     kinds = {m.kind for m in mismatches}
+    kind_changes = [m for m in mismatches if _changes_kind(m)]
+    changed_kind = {m.path for m in kind_changes}
+    castable = any(m.kind in CASTABLE_KINDS and m.path not in changed_kind for m in mismatches)
     parts = []
-    if kinds & CASTABLE_KINDS and mode == "strict":
+    if kind_changes:
+        m = kind_changes[0]
+        parts.append(
+            f"{m.path} changed kind ({m.expected_type.dtype} -> {m.got_type.dtype}), which "
+            "no cast undoes without changing its values (a float cast back to an int "
+            "truncates): give the leaf the kind the step computes in its initial state, "
+            "or convert explicitly in the step"
+        )
+    if castable and strict:
         parts.append(
             "strict mode is on, so dtype/weak_type drift fails even where "
             'mode="cast" would repair it: keep the step\'s arithmetic in the '
             "state's dtype (e.g. `x.astype(state.dtype)`)"
         )
-    elif kinds & CASTABLE_KINDS and mode == "cast":
+    elif castable and mode == "cast":
         parts.append(
             "keep each leaf's dtype (typed PRNG keys and float0 leaves cannot be cast, "
             "nor a leaf whose shape or sharding also changed)"
         )
-    elif kinds & CASTABLE_KINDS:
+    elif castable:
         parts.append(
             'use mode="cast" to cast dtype/weak_type drift back to the '
             "input state's types, or keep the step's arithmetic in the state's "
@@ -116,7 +145,7 @@ def _hint(mismatches: Sequence[Mismatch], mode: str) -> str:
         parts.append(
             "return the same tree as the input state (same containers and keys, "
             "a leaf wherever the input has one: no `None` for `0`, no array for a "
-            "Python scalar)"
+            "Python scalar, the same static fields)"
         )
     if "shape" in kinds:
         parts.append("keep each leaf's shape")
@@ -129,22 +158,30 @@ def _hint(mismatches: Sequence[Mismatch], mode: str) -> str:
 
 
 def format_report(
-    function: str, location: str, state_name: str, mismatches: Sequence[Mismatch], mode: str
+    function: str,
+    location: str,
+    state_names: str | Sequence[str],
+    mismatches: Sequence[Mismatch],
+    mode: str,
+    strict: bool = False,
 ) -> str:
     """The text of a `StateDtypeError` or `StateDtypeWarning`."""
+    names = [state_names] if isinstance(state_names, str) else list(state_names)
+    quoted = ", ".join(f"'{n}'" for n in names)
     paths = [m.path for m in mismatches]
     count = f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"
     if all(m.kind == "annotation" for m in mismatches):
         header = f"{function} ({location}) does not match its annotations ({count}):"
     else:
-        header = f"{function} ({location}) changed the type of its state '{state_name}' ({count}):"
+        what = "state" if len(names) == 1 else "states"
+        header = f"{function} ({location}) changed the type of its {what} {quoted} ({count}):"
     lines = [header]
     for m in mismatches:
         line = f"  {m}"
         if paths.count(m.path) > 1 or m.kind in ("structure", "annotation", "sharding"):
             line += f"  [{m.kind}]"
         lines.append(line)
-    lines.append(_hint(mismatches, mode))
+    lines.append(_hint(mismatches, mode, strict))
     return "\n".join(lines)
 
 

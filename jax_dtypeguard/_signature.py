@@ -17,6 +17,31 @@ _AVAL_TYPES: set[type] = set()
 _aval_of = operator.attrgetter("aval")
 
 
+CACHE_LIMIT = 4096
+
+
+def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """`cache[key] = value`, emptying a full cache first; unhashable keys are not cached."""
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    try:
+        cache[key] = value
+    except TypeError:
+        pass
+
+
+def category(dtype: np.dtype) -> str:
+    """The kind of values a dtype holds: bool, integer, floating, complex, or the dtype itself.
+
+    A cast within a category changes precision only; across categories it
+    changes what the values mean (`0.3` as an int is `0`).
+    """
+    for kind in (np.bool_, np.complexfloating, np.floating, np.integer):
+        if jax.numpy.issubdtype(dtype, kind):
+            return kind.__name__
+    return str(dtype)
+
+
 class NotALeafError(TypeError):
     """Internal: a state leaf that JAX cannot type (a string, an object)."""
 
@@ -78,12 +103,69 @@ class LeafSignature(NamedTuple):
         return text
 
 
+def is_static(leaf: Any) -> bool:
+    """A leaf that is no array and no Python scalar (a function, a string, an object).
+
+    Such leaves are static parts of a state, as Equinox treats them: compared
+    by equality, never traced or cast.
+    """
+    return not isinstance(
+        leaf, (jax.Array, Tracer, np.ndarray, np.generic, jax.ShapeDtypeStruct, *_PYTHON_SCALARS)
+    )
+
+
+def static_equal(a: Any, b: Any) -> bool:
+    """Whether two static leaves are equal (identity, else an `==` that says True)."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        return (a == b) is True
+    except Exception:  # an `==` that raises or returns an array: not provably equal
+        return False
+
+
+def describe_static(leaf: Any) -> str:
+    """A static leaf as a reader knows it: a function by name, anything else by repr."""
+    name = getattr(leaf, "__qualname__", None) or getattr(
+        getattr(leaf, "__wrapped__", None), "__qualname__", None
+    )
+    if name is None and hasattr(leaf, "fun"):  # jax.custom_jvp / custom_vjp
+        name = getattr(leaf.fun, "__qualname__", None)
+    kind = type(leaf).__name__
+    if name is not None and callable(leaf):
+        return f"{kind} {name}"
+    text = repr(leaf)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Static:
+    """A static leaf in a cache key: equal when `static_equal` says so."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and static_equal(self.value, other.value)
+
+    def __hash__(self) -> int:
+        try:
+            return hash((type(self.value), self.value))
+        except TypeError:
+            return hash(type(self.value))
+
+
 def _slow_key(leaf: Any) -> Any:
     if isinstance(leaf, (jax.Array, Tracer)) and hasattr(leaf, "aval"):
         _AVAL_TYPES.add(type(leaf))
         return leaf.aval
     if isinstance(leaf, _PYTHON_SCALARS) and not isinstance(leaf, np.generic):
         return type(leaf)
+    if is_static(leaf):
+        return _Static(leaf)
     return LeafSignature.of(leaf)
 
 

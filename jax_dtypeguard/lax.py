@@ -8,7 +8,6 @@ state.
 
 from __future__ import annotations
 
-import inspect
 import types
 import weakref
 from collections.abc import Callable, Sequence
@@ -17,66 +16,18 @@ from typing import Any
 import jax
 
 from ._config import effective, validate_mode
-from ._decorator import StateParameter, _Guard, parameter_name
+from ._guard import Guard, guarded_callable
+from ._plan import CallPlan, StateParameter
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
 
-_EMPTY = inspect.Parameter.empty
 _NO_OPERAND = object()
 
-
-class _Operands(StateParameter):
-    """The state of a branch: its one operand, or the tuple of its operands."""
-
-    def __init__(self, name: str, count: int) -> None:
-        self.name, self.count = name, count
-        self.position, self.keyword, self.default = None, None, _EMPTY
-
-    def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
-        return True, args[0] if self.count == 1 else tuple(args)
-
-
-class _WeakGuard(_Guard):
-    """A guard that holds its function weakly, so that caching it keeps nothing alive."""
-
-    @property  # type: ignore[override]
-    def fn(self) -> Callable[..., Any]:
-        fn = self._fn_ref()
-        if fn is None:  # only reachable through a stale reference to the guard itself
-            raise ReferenceError("the guarded function no longer exists")
-        return fn
-
-    @fn.setter
-    def fn(self, value: Callable[..., Any]) -> None:
-        self._fn_ref = weakref.ref(value)
-
-
-class _Guarded:
-    """What JAX receives: calls the guard, and unwraps to the user's function.
-
-    JAX caches traced bodies by the identity of the function it is given; one
-    `_Guarded` per (function, kind of state, mode) keeps those caches warm
-    across calls, so an eager loop is not traced and compiled again each time.
-    """
-
-    def __init__(self, guard: _Guard, fn: Callable[..., Any]) -> None:
-        self._guard = guard
-        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-            value = getattr(fn, attribute, None)
-            if isinstance(value, str):
-                setattr(self, attribute, value)
-
-    @property
-    def __wrapped__(self) -> Callable[..., Any]:
-        return self._guard.fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._guard(*args, **kwargs)
-
-
-# id(fn) -> (weak reference to fn, {(state key, mode, out): _Guarded}); an entry
-# leaves when its function is collected.
-_CACHE: dict[int, tuple[weakref.ref[Any], dict[tuple[Any, ...], _Guarded]]] = {}
+# id(fn) -> (weak reference to fn, {(state key, mode, out): guarded body}); an entry
+# leaves when its function is collected. JAX caches traced bodies by the identity of
+# the function it is given: one guarded body per (function, kind of state, mode)
+# keeps those caches warm across calls, so an eager loop is not traced again each time.
+_CACHE: dict[int, tuple[weakref.ref[Any], dict[tuple[Any, ...], Callable[..., Any]]]] = {}
 
 
 def _forget(key: int, reference: weakref.ref[Any]) -> None:
@@ -104,16 +55,16 @@ def _guard(
         return entry[1][key]
     if not callable(fn):
         raise TypeError(f"{role} must be a function; got {type(fn).__name__} {fn!r:.80}.")
-    state = make_state(fn)
+    plan = CallPlan.single(make_state(fn), out)
     if isinstance(fn, types.MethodType):  # a new object on each attribute access
-        return _Guard(fn, state, out, mode, weak_type=True, annotations=True).__call__
+        return Guard(fn, plan, mode=mode).__call__  # type: ignore[arg-type]
     fn_id = id(fn)
     try:
         reference = weakref.ref(fn, lambda ref: _forget(fn_id, ref))
     except TypeError:  # not weakly referenceable: no caching
-        return _Guard(fn, state, out, mode, weak_type=True, annotations=True).__call__
-    guard = _WeakGuard(fn, state, out, mode, weak_type=True, annotations=True)
-    guarded = _Guarded(guard, fn)
+        return Guard(fn, plan, mode=mode).__call__  # type: ignore[arg-type]
+    guard = Guard(fn, plan, mode=mode, hold_weakly=True)  # type: ignore[arg-type]
+    guarded = guarded_callable(guard)
     if guard.annotations is not None:  # its checker holds `fn`: caching it would leak `fn`
         return guarded
     if entry is None or entry[0]() is not fn:
@@ -127,9 +78,7 @@ def _carry(position: int) -> Callable[[Callable[..., Any]], StateParameter]:
 
 
 def _operands(count: int) -> Callable[[Callable[..., Any]], StateParameter]:
-    if count == 1:
-        return lambda fn: _Operands(parameter_name(fn, 0, "operand"), 1)
-    return lambda fn: _Operands("operands", count)
+    return lambda fn: StateParameter.branch_operands(fn, count)
 
 
 def while_loop(

@@ -11,19 +11,10 @@ from typing import Any
 import optax
 
 from ._config import validate_mode
-from ._decorator import StateParameter, _Guard, describe_location
+from ._guard import Guard
+from ._plan import CallPlan, StateParameter, describe_location
 
 __all__ = ["invariant"]
-
-
-class _Argument(StateParameter):
-    """A positional argument of `update` compared as a state, under a chosen name."""
-
-    def __init__(self, name: str, position: int, keyword: str) -> None:
-        self.name = name
-        self.position = position
-        self.keyword = keyword
-        self.default = None
 
 
 def _as_transformation(tx: Any) -> optax.GradientTransformation:
@@ -94,12 +85,10 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = "check")
         validate_mode(mode)
     if updates is not None:
         validate_mode(updates, "updates")
-    state_guard = _Guard(
+    state_guard = Guard(
         inner.update,
-        _Argument("opt_state", 1, "state"),
-        out=1,
-        mode=mode,
-        weak_type=True,
+        CallPlan.single(StateParameter.argument("opt_state", 1, "state", None), out=1),
+        mode=mode,  # type: ignore[arg-type]
         annotations=False,
     )
 
@@ -107,11 +96,10 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = "check")
     def guarded_update(*args: Any, **kwargs: Any) -> Any:
         return state_guard(*args, **kwargs)
 
-    updates_guard = _Guard(
+    updates_guard = Guard(
         guarded_update,
-        _Argument("updates", 2, "params"),
-        out=0,
-        mode=updates,
+        CallPlan.single(StateParameter.argument("updates", 2, "params", None), out=0),
+        mode=updates,  # type: ignore[arg-type]
         weak_type=False,
         annotations=False,
     )

@@ -17,8 +17,10 @@ import numpy as np
 
 from ._compare import compare_states
 from ._compat import enable_x64
-from ._decorator import StateParameter, _Guard, _validate, describe_location
+from ._decorator import _validate
 from ._errors import Mismatch, StateDtypeError, format_report
+from ._guard import Guard
+from ._plan import CallPlan, StateParameter, describe_location
 from ._provenance import explain
 
 __all__ = [
@@ -51,12 +53,6 @@ class CaseError(RuntimeError):
 
 
 CaseError.__module__ = "jax_dtypeguard.testing"
-
-
-class _Assertion(_Guard):
-    """A guard that checks exactly as asked: `config` and strict mode do not apply."""
-
-    follows_config = False
 
 
 _TRACEABLE = (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, bool, int, float, complex)
@@ -214,13 +210,14 @@ def assert_state_dtype_invariant(
             )
     _validate("check", weak_type, True, None, None)
     call_args = _insert_parts(args, positions, parts)
-    if several or traced is not None:
-        outs: tuple[Any, ...] = out if isinstance(out, tuple) else (out,)
+    outs: tuple[Any, ...] = out if isinstance(out, tuple) else (out,)
+    if traced is not None:
         guard: Callable[..., Any] = _PartsCheck(fn, positions, outs, weak_type, traced)
     else:
-        parameter = StateParameter.at(fn, positions[0], "state")
-        single: Any = out
-        guard = _Assertion(fn, parameter, single, "check", weak_type, annotations=True)
+        fallback = ["state"] if not several else [f"state{i}" for i in range(len(positions))]
+        states = tuple(StateParameter.at(fn, p, f) for p, f in zip(positions, fallback))
+        plan = CallPlan(states, outs)
+        guard = Guard(fn, plan, mode="check", weak_type=weak_type, follows_config=False)
     inputs, rebuild = _split_static((call_args, kwargs), traced)
 
     def run(values: list[Any]) -> Any:
@@ -231,13 +228,14 @@ def assert_state_dtype_invariant(
 
 
 class _PartsCheck:
-    """The check of a state spread over several positional arguments and results,
-    or split by a `traced` predicate.
+    """The check of a state split by a `traced` predicate, in one part or several.
 
-    Each part is compared with its result on its own, with paths rooted at its
-    parameter's name (`y`, `state.f_info.grad`). With `traced`, each part is split
-    as Equinox's `partition` splits it: the traced half is compared leaf by leaf,
-    the static half (Python scalars, functions, jaxprs) by equality.
+    Each part is split as Equinox's `partition` splits it: the traced half is
+    compared leaf by leaf, the static half (Python scalars included, which the
+    core compares by their type) by value, as Optimistix's `eqx.tree_equal`
+    does. Paths are rooted at each part's parameter name (`y`,
+    `state.f_info.grad`). Without `traced`, the core `Guard` checks a state in
+    one part or several.
     """
 
     def __init__(

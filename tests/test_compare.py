@@ -138,9 +138,20 @@ def test_castable_and_uncastable_are_split():
     assert sorted(m.path for m in verdict.uncastable) == ["s['k']", "s['k']", "s['n']"]
 
 
-def test_non_array_leaf_is_a_clear_type_error():
-    with pytest.raises(TypeError, match=r"state leaf s\['name'\] is a builtins.str"):
-        compare_states({"name": "adam"}, {"name": "adam"}, "s")
+def test_non_array_leaves_are_static_and_compared_by_equality():
+    assert compare_states({"name": "adam"}, {"name": "adam"}, "s").mismatches == ()
+    assert compare_states({"f": jax.nn.relu}, {"f": jax.nn.relu}, "s").mismatches == ()
+    verdict = compare_states({"name": "adam"}, {"name": "sgd"}, "s")
+    assert [str(m) for m in verdict.mismatches] == ["s['name']: 'adam' -> 'sgd'"]
+    assert verdict.uncastable == verdict.mismatches
+    (changed,) = compare_states({"f": jax.nn.relu}, {"f": jax.nn.gelu}, "s").mismatches
+    assert (changed.kind, changed.expected, changed.got) == (
+        "structure",
+        "custom_jvp relu",
+        "function gelu",
+    )
+    (to_array,) = compare_states({"f": "x"}, {"f": jnp.ones(2)}, "s").mismatches
+    assert (to_array.kind, to_array.expected, to_array.got) == ("structure", "'x'", "float32[2]")
 
 
 def test_numpy_arrays_are_canonicalised_like_jax_does(x64):

@@ -1,5 +1,7 @@
 """Every dtype JAX has is a legal leaf: held, drift caught, castable ones cast."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,17 +37,37 @@ def test_each_dtype_holds_drifts_and_casts(dtype, x64):
         assert held(state).dtype == state.dtype
         assert jax.jit(held)(state).dtype == state.dtype
 
-        other = jnp.float32 if state.dtype != jnp.float32 else jnp.int32
+        # Within a kind, cast mode repairs the drift; across kinds it never casts.
+        within = _another_of_the_same_kind(state.dtype)
+        across = jnp.float32 if not jnp.issubdtype(state.dtype, jnp.floating) else jnp.int32
 
-        def change(s):
-            return (s.real if jnp.iscomplexobj(s) else s).astype(other)
+        def change(s, to):
+            return (s.real if jnp.iscomplexobj(s) and to != jnp.complex64 else s).astype(to)
 
-        drift = state_dtype_invariant(change)
-        with pytest.raises(StateDtypeError, match=rf"  s: {state.dtype}\[2\] -> "):
-            jax.jit(drift)(state)
+        for other in (within, across):
+            drift = state_dtype_invariant(functools.partial(change, to=other))
+            with pytest.raises(StateDtypeError, match=rf"  s: {state.dtype}\[2\] -> "):
+                jax.jit(drift)(state)
+        if within is not None:
+            cast = jax.jit(state_dtype_invariant(functools.partial(change, to=within), mode="cast"))
+            assert cast(state).dtype == state.dtype
+        cast_across = state_dtype_invariant(functools.partial(change, to=across), mode="cast")
+        with pytest.raises(StateDtypeError, match=r"changed kind"):
+            jax.jit(cast_across)(state)
 
-        cast = jax.jit(state_dtype_invariant(change, mode="cast"))
-        assert cast(state).dtype == state.dtype
+
+def _another_of_the_same_kind(dtype):
+    """A dtype of `dtype`'s kind (float, int, uint, complex) that x32 JAX keeps, or None."""
+    for kind, candidates in (
+        (jnp.bool_, ()),
+        (jnp.complexfloating, (jnp.complex64,)),
+        (jnp.floating, (jnp.float32, jnp.float16)),
+        (jnp.unsignedinteger, (jnp.uint32, jnp.uint8)),
+        (jnp.signedinteger, (jnp.int32, jnp.int8)),
+    ):
+        if jnp.issubdtype(dtype, kind):
+            return next((c for c in candidates if jnp.dtype(c) != dtype), None)
+    return None
 
 
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])

@@ -232,6 +232,15 @@ class Mutation:
     castable: bool
     # For leaf rewrites: how the step computes the new leaf from the old one.
     source: int | None = None
+    # A Python scalar that the step returns as an array.
+    becomes_array: bool = False
+
+
+def _kind(dtype: str) -> str:
+    for kind in (jnp.bool_, jnp.complexfloating, jnp.floating, jnp.integer):
+        if jnp.issubdtype(jnp.dtype(dtype), kind):
+            return kind.__name__
+    return dtype
 
 
 _FRESH = iter(range(10**6, 10**9))
@@ -270,15 +279,18 @@ def mutate(draw, spec: Any, path: str, pool: list[str], weak_type: bool, allow_p
             new = Leaf("python", "float", (), True, spec.seed, next(_FRESH))
             return Mutation(new, structure, False)
         if choice == "to_array":
+            # A Python float that comes back as a 0-d float array is cast to the weak
+            # array `jit` makes of it; any other kind is not.
             new = Leaf("array", "float32", (), spec.weak, spec.seed, next(_FRESH))
-            return Mutation(new, structure, False)
+            return Mutation(new, structure, spec.dtype == "float", spec.uid, becomes_array=True)
         if choice == "pytype":
+            # Python's scalar types are each their own kind: never cast into one another.
             new_type = draw(st.sampled_from([t for t in PY_TYPES if t != spec.dtype]))
             kinds = _py_kinds(spec.dtype, new_type)
             if not weak_type:
                 kinds.discard("weak_type")
             new = dataclasses.replace(spec, dtype=new_type, weak=new_type != "bool")
-            return Mutation(new, frozenset((path, k) for k in kinds), True, spec.uid)
+            return Mutation(new, frozenset((path, k) for k in kinds), False, spec.uid)
         if choice == "weak":
             new = dataclasses.replace(spec, weak=not spec.weak)
             expected = frozenset({(path, "weak_type")}) if weak_type else frozenset()
@@ -291,6 +303,8 @@ def mutate(draw, spec: Any, path: str, pool: list[str], weak_type: bool, allow_p
             if spec.kind == "array":
                 new_dtype = draw(st.sampled_from([d for d in pool if d != spec.dtype]))
                 new = dataclasses.replace(new, dtype=new_dtype)
+                # A cast changes precision within a kind, never the kind itself.
+                castable = _kind(spec.dtype) == _kind(new_dtype)
             elif spec.kind == "key":
                 other = next(i for i in KEY_IMPLS if i != spec.dtype)
                 new = dataclasses.replace(new, dtype=other)
@@ -456,11 +470,17 @@ def run_cast(spec_in, spec_out, mutations, weak_type, jit: bool) -> None:
     raw = jax.jit(step)(state) if jit else step(state)
     assert jax.tree_util.tree_structure(result) == jax.tree_util.tree_structure(state)
     reported_uids = {m.source for m in mutations if m.expected}
+    to_array = {m.source for m in mutations if m.becomes_array}
     leaves_in = jax.tree_util.tree_leaves(state)
     leaves_raw = jax.tree_util.tree_leaves(raw)
     leaves_out = jax.tree_util.tree_leaves(result)
     for leaf, a, r, b in zip(spec_leaves(spec_in), leaves_in, leaves_raw, leaves_out):
-        if leaf.uid in reported_uids:
+        if leaf.uid in to_array:
+            # A Python float returned as an array: the weak array `jit` makes of it.
+            weak_float = jax.dtypes.canonicalize_dtype(float)
+            assert isinstance(b, jax.Array) and _aval(b) == ((), weak_float, True), leaf
+            assert _bits(b) == _bits(convert_element_type(r, weak_float, True)), leaf
+        elif leaf.uid in reported_uids:
             # Cast back: the input's exact type, the value rounded by the cast only.
             assert _aval(b) == _aval(a), leaf
             if leaf.kind == "python":

@@ -12,7 +12,7 @@ import pytest
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, StateDtypeWarning, state_dtype_invariant
 from jax_dtypeguard._compat import enable_x64, source_frames
-from jax_dtypeguard._decorator import short_path
+from jax_dtypeguard._errors import short_path
 
 HERE = short_path(__file__)
 with open(__file__) as _source:

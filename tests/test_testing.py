@@ -151,15 +151,19 @@ def test_configured_mode_does_not_change_the_assertion():
         assert_state_dtype_invariant(promote, f16_state(), jnp.float32(2))
 
 
+def promote_w(state, value):
+    return State(state.w * value, state.count + 1)
+
+
 def test_guards_inside_the_function_follow_the_configuration():
-    inner = state_dtype_invariant(promote, mode="cast")
+    inner = state_dtype_invariant(promote_w, mode="cast")
 
     def step(state, value):
         return inner(state, value)
 
     with dg.strict(False):
         assert_state_dtype_invariant(step, f16_state(), jnp.float32(2))  # the inner cast repairs
-    with pytest.raises(StateDtypeError, match="promote"):
+    with pytest.raises(StateDtypeError, match="promote_w"):
         assert_state_dtype_invariant(step, f16_state(), jnp.float32(2))  # strict: it checks
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard import StateDtypeError, StateDtypeWarning, _decorator, state_dtype_invariant
+from jax_dtypeguard import StateDtypeError, StateDtypeWarning, _signature, state_dtype_invariant
 
 THREADS = 8
 
@@ -134,11 +134,13 @@ def test_strict_in_one_thread_only():
 
 def test_eager_verdict_cache_under_threads(monkeypatch):
     """Many signatures from many threads, a cache small enough to be cleared constantly."""
-    monkeypatch.setattr(_decorator, "_CACHE_LIMIT", 3)
+    monkeypatch.setattr(_signature, "CACHE_LIMIT", 3)
     guarded = state_dtype_invariant(drifting, mode="cast")
     checked = state_dtype_invariant(drifting)
     dtypes = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.int8, jnp.int32, jnp.uint8]
-    xs = {"same": None, "f32": jnp.float32}
+    # A wider dtype of each state's kind: cast mode repairs drift within a kind only.
+    xs = {"same": None, "wider": "wider"}
+    wider = {jnp.int8: jnp.int32, jnp.int32: jnp.int32, jnp.uint8: jnp.uint32}
 
     def thread(offset: int) -> list[str]:
         problems = []
@@ -147,6 +149,8 @@ def test_eager_verdict_cache_under_threads(monkeypatch):
             for shape in ((), (3,), (0, 2)):
                 state = jnp.zeros(shape, dtype)
                 for label, x_dtype in xs.items():
+                    if x_dtype == "wider":
+                        x_dtype = wider.get(dtype, jnp.float32)
                     x = jnp.ones(shape, x_dtype or dtype)
                     drifts = jnp.result_type(dtype, x.dtype) != dtype
                     out = guarded(state, x)
@@ -165,7 +169,7 @@ def test_eager_verdict_cache_under_threads(monkeypatch):
 
     results = run_threads([lambda i=i: thread(i) for i in range(THREADS)], timeout=120)
     assert results == [[]] * THREADS
-    assert len(guarded.__dtypeguard__.cache) <= 3
+    assert len(guarded.__dtypeguard__.verdicts) <= 3
 
 
 def test_threads_tracing_one_jitted_function():

@@ -1,0 +1,314 @@
+"""The guard behind every guarded function: the decorator, `dg.lax`, `dg.optax`, testing.
+
+One `Guard` per guarded function, configured by its fields (where the states
+are, the mode, whether the configuration applies); `guarded_callable` builds
+what the user (or JAX) calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from . import _annotations, _config
+from ._cast import cast_back
+from ._compare import OK, Verdict, compare_states
+from ._compat import Tracer
+from ._config import Mode
+from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
+from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in
+from ._signature import NotALeafError, leaf_keys, remember
+
+_tree = jax.tree_util
+
+
+def _nnx() -> Any:
+    """Flax NNX, where the program has imported it (a state can only be NNX then)."""
+    flax = sys.modules.get("flax")
+    return None if flax is None else sys.modules.get("flax.nnx")
+
+
+def _is_graph_node(value: Any) -> bool:
+    nnx = _nnx()
+    return nnx is not None and nnx.graph.is_graph_node(value)
+
+
+def as_tree(value: Any) -> Any:
+    """A state as a pytree: NNX graph nodes that JAX cannot flatten through `nnx.state`."""
+    if _is_graph_node(value) and _tree.treedef_is_leaf(_tree.tree_structure(value)):
+        return _nnx().state(value)
+    return value
+
+
+def write_back(target: Any, value: Any, name: str) -> None:
+    """Updates the in-place state `target` to `value` (of the same structure)."""
+    if _is_graph_node(target):
+        nnx = _nnx()
+        nnx.update(target, nnx.state(value) if _is_graph_node(value) else value)
+    elif isinstance(target, dict):
+        target.update(value)
+    elif isinstance(target, list):
+        target[:] = value
+    else:
+        raise TypeError(
+            f"cast mode cannot write the cast values back into the in-place state '{name}', "
+            f"a {type(target).__qualname__}: only Flax NNX objects, dicts and lists can be "
+            'updated in place. Use mode="check", or return the new state (out=...).'
+        )
+
+
+def _returning(fn: Callable[..., Any], parameter: StateParameter) -> Callable[..., Any]:
+    """`fn`, also returning the in-place state `parameter` as it is after the call."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        return result, as_tree(parameter.find(args, kwargs)[1])
+
+    return call
+
+
+class _Snapshot:
+    """One state as a call received it: its leaves and tree structure, flattened once."""
+
+    __slots__ = ("leaves", "treedef", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.leaves, self.treedef = _tree.tree_flatten(as_tree(value))
+
+    def tree(self) -> Any:
+        return _tree.tree_unflatten(self.treedef, self.leaves)
+
+
+class Guard:
+    """Compares the states a function is given with the states it returns (or updates).
+
+    **Fields:**
+
+    - `plan`: where the states are (`CallPlan`).
+    - `mode`, `weak_type`: as declared (`mode=None`: the configured mode).
+    - `follows_config`: whether `config`, scopes and strict mode apply (not in
+      the testing assertions, which check exactly what they are asked).
+    - `annotations`: whether to check `fn`'s jaxtyping annotations.
+    - `hold_weakly`: keep only a weak reference to `fn` (cached loop bodies).
+    - `label`: the function's name in reports (default: its qualified name).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        plan: CallPlan,
+        *,
+        mode: Mode | None = None,
+        weak_type: bool = True,
+        annotations: bool = True,
+        follows_config: bool = True,
+        hold_weakly: bool = False,
+        label: str | None = None,
+    ) -> None:
+        self._fn: Callable[[], Any] = weakref.ref(fn) if hold_weakly else (lambda: fn)
+        self.plan = plan
+        self.mode = mode
+        self.weak_type = weak_type
+        self.follows_config = follows_config
+        self.label = label
+        self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
+        self.verdicts: dict[Any, Verdict] = {}
+        self.explained: dict[Any, list[Mismatch]] = {}
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        fn = self._fn()
+        if fn is None:  # only reachable through a stale reference to the guard itself
+            raise ReferenceError("the guarded function no longer exists")
+        return fn
+
+    def settings(self) -> tuple[str, bool, bool]:
+        """The (mode, weak_type, strict) of this call: the configuration applied."""
+        if not self.follows_config:
+            return self.mode or "check", self.weak_type, False
+        mode, weak_type = _config.effective(self.mode, self.weak_type)
+        return mode, weak_type, mode == "check" and _config.config.strict
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        mode, weak_type, strict = self.settings()
+        fn = self.fn
+        if mode == "off":
+            return fn(*args, **kwargs)
+        snapshots = [self._snapshot(p, args, kwargs) for p in self.plan.states]
+        result = fn(*args, **kwargs)
+        mismatches: list[Mismatch] = []
+        for number, (parameter, out, before) in enumerate(
+            zip(self.plan.states, self.plan.outs, snapshots)
+        ):
+            state_out = self._state_out(parameter, out, before, result)
+            verdict = self._verdict(number, parameter, before, state_out, weak_type)
+            if mode != "cast":
+                mismatches += verdict.mismatches
+                continue
+            mismatches += verdict.uncastable
+            if verdict.castable and not verdict.uncastable:
+                repaired = cast_back(state_out, verdict.castable)
+                if out == INPLACE:
+                    write_back(before.value, repaired, parameter.name)
+                else:
+                    result = replace_in(result, out, repaired)  # type: ignore[arg-type]
+        if self.annotations is not None:
+            mismatches += self.annotations(args, kwargs, result)
+        if mismatches:
+            self._report(mismatches, mode, strict, args, kwargs)
+        return result
+
+    def _snapshot(
+        self, parameter: StateParameter, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _Snapshot:
+        __tracebackhide__ = True
+        found, state = parameter.find(args, kwargs)
+        if not found:
+            self.fn(*args, **kwargs)  # raises Python's own error for the missing argument
+            raise TypeError(
+                f"{self.name} was called without its state argument '{parameter.name}'; "
+                "pass it positionally or by keyword."
+            )
+        return _Snapshot(state)
+
+    def _state_out(
+        self, parameter: StateParameter, out: Any, before: _Snapshot, result: Any
+    ) -> Any:
+        if out == INPLACE:
+            return as_tree(before.value)
+        state_out = self.plan.select(self.fn, result, out)
+        if _is_graph_node(before.value) and not _is_graph_node(state_out):
+            raise TypeError(
+                f"{self.name}: the state '{parameter.name}' is a Flax NNX "
+                f"{type(before.value).__qualname__}, updated in place, but the function "
+                f"returned {type(state_out).__qualname__}. Guard it in place: "
+                f"state_dtype_invariant(state={parameter.name!r}, inplace=True) "
+                '(several: state=("model", "optimizer"), inplace=True).'
+            )
+        return state_out
+
+    @property
+    def name(self) -> str:
+        return self.label or describe_location(self.fn)[0]
+
+    def _verdict(
+        self,
+        number: int,
+        parameter: StateParameter,
+        before: _Snapshot,
+        state_out: Any,
+        weak_type: bool,
+    ) -> Verdict:
+        leaves_out, tree_out = _tree.tree_flatten(state_out)
+        try:
+            keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))
+        except NotALeafError:
+            keys = None
+        if keys is not None and before.treedef == tree_out and keys[0] == keys[1]:
+            return OK
+        cache_key = (number, before.treedef, tree_out, keys, weak_type)
+        if keys is not None:
+            with contextlib.suppress(KeyError, TypeError):
+                return self.verdicts[cache_key]
+        try:
+            verdict = compare_states(before.tree(), state_out, parameter.name, weak_type)
+        except TypeError as error:
+            raise TypeError(f"{self.name}: {error}") from None
+        if keys is not None:
+            remember(self.verdicts, cache_key, verdict)
+        return verdict
+
+    def _explain(
+        self, mismatches: list[Mismatch], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Mismatch]:
+        """Adds origins; eager calls reuse them per (mismatches, argument signature)."""
+        from ._provenance import explain
+
+        leaves, treedef = _tree.tree_flatten((args, kwargs))
+        key = None
+        if not any(isinstance(leaf, Tracer) for leaf in leaves):
+            try:
+                key = (tuple(mismatches), treedef, leaf_keys(leaves))
+                return self.explained[key]
+            except KeyError:
+                pass
+            except (TypeError, NotALeafError):
+                key = None
+        explained = mismatches
+        for parameter, out in zip(self.plan.states, self.plan.outs):
+            if out == INPLACE:  # re-traced as a function that returns the state it updated
+                explained = explain(
+                    _returning(self.fn, parameter), parameter, 1, args, kwargs, explained
+                )
+            else:
+                explained = explain(self.fn, parameter, out, args, kwargs, explained)
+        if key is not None:
+            remember(self.explained, key, explained)
+        return explained
+
+    def _report(
+        self,
+        mismatches: list[Mismatch],
+        mode: str,
+        strict: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        __tracebackhide__ = True
+        mismatches = self._explain(mismatches, args, kwargs)
+        location = describe_location(self.fn)[1]
+        message = format_report(self.name, location, self.plan.names, mismatches, mode, strict)
+        if mode == "warn":
+            if not _config.retracing.get():
+                warnings.warn(StateDtypeWarning(message), stacklevel=4)
+            return
+        raise StateDtypeError(message, mismatches, self.name)
+
+
+class _WeaklyGuarded:
+    """What JAX receives for a cached loop body: calls the guard, unwraps to the user's function.
+
+    Holds the function only through the guard's weak reference, so a cache of
+    these keeps nothing alive.
+    """
+
+    def __init__(self, guard: Guard, fn: Callable[..., Any]) -> None:
+        self.__dtypeguard__ = guard
+        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+            value = getattr(fn, attribute, None)
+            if isinstance(value, str):
+                setattr(self, attribute, value)
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:
+        return self.__dtypeguard__.fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        return self.__dtypeguard__(*args, **kwargs)
+
+
+def guarded_callable(guard: Guard) -> Callable[..., Any]:
+    """The callable that runs `guard`: a `functools.wraps` wrapper of its function, or,
+    for a guard that holds its function weakly, an object that unwraps to it."""
+    fn = guard.fn
+    if isinstance(guard._fn, weakref.ref):
+        return _WeaklyGuarded(guard, fn)
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        return guard(*args, **kwargs)
+
+    guarded.__dtypeguard__ = guard  # type: ignore[attr-defined]
+    return guarded

@@ -380,17 +380,23 @@ def _jit_compiles(case: Case, dtype: str) -> int:
         else (case.out,)
     )
     traces = [0]
+    rebuild_out: list[Callable[[list[Any]], Any]] = []
 
     def step(values: list[Any], static: _Static) -> Any:
         traces[0] += 1
         positional, keywords = static.rebuild(values)
         result = case.fn(*positional, **keywords)
-        return [result if index is None else result[index] for index in outs]
+        new_parts = [result if index is None else result[index] for index in outs]
+        # As eqx.filter_jit: the traced half comes back, the static half is kept aside.
+        dynamic, rebuild = _split_static(new_parts, case.traced)
+        rebuild_out[:] = [rebuild]
+        return dynamic
 
     jitted = jax.jit(step, static_argnums=1)
     for _ in range(JIT_STEPS):
         values, static = _traced_inputs(case, parts, args)
-        parts = list(jitted(values, static))
+        dynamic = jitted(values, static)
+        parts = list(rebuild_out[0](list(dynamic)))
     return traces[0]
 
 

@@ -205,3 +205,12 @@ def test_stable_contrib_optimizers_say_ok(contrib, column):
     for name in ("contrib.prodigy", "contrib.adopt", "contrib.schedule_free_adamw"):
         result = run(contrib[name], column)
         assert (result.status, result.mismatches) == ("ok", []), (name, column)
+
+
+def test_jit_runs_optimistix_steps_as_filter_jit_would(optimistix):
+    # Static halves (Python ints, jaxprs of linear operators) stay out of the jitted output.
+    for name in ("optimistix.LBFGS", "optimistix.GaussNewton"):
+        result = _audit.run_case(optimistix[1][name], "float32", jit=True)
+        assert (result.status, result.compiles) == ("ok", 1), (name, result.reason)
+    lbfgs = _audit.run_case(optimistix[1]["optimistix.OptaxMinimiser(lbfgs)"], "float32", jit=True)
+    assert (lbfgs.status, lbfgs.compiles) == ("drift", 2)  # the weak info fields, once strong

@@ -378,3 +378,19 @@ def test_python_m_bad_target_has_no_traceback():
     assert done.stdout == ""
     assert done.stderr.startswith("jax-dtypeguard: error: cannot import 'no_such_module_xyz'")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_python_m_audit_optimistix_and_diffrax():
+    pytest.importorskip("optimistix")
+    pytest.importorskip("diffrax")
+    done = _run(
+        "audit", "optimistix", "diffrax", "--dtypes", "float32,float32+x64", "--format", "json"
+    )
+    assert done.returncode == 1, done.stderr  # Optimistix's BestSoFar* drift
+    assert done.stderr == ""
+    document = json.loads(done.stdout)
+    assert set(document["versions"]) >= {"jax", "jaxlib", "optimistix", "diffrax"}
+    by_name = {(c["name"], c["x64"]): c["status"] for c in document["cases"]}
+    assert by_name["optimistix.BFGS", False] == by_name["diffrax.Tsit5", True] == "ok"
+    assert {c["status"] for c in document["cases"]} <= {"ok", "drift", "skipped"}

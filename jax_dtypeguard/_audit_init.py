@@ -9,6 +9,7 @@ can name `init`'s line.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,8 +19,8 @@ import numpy as np
 
 from ._compat import Tracer
 from ._decorator import describe_location
-from ._errors import Mismatch, Origin
-from ._provenance import _user_location
+from ._errors import Mismatch, Origin, short_path
+from ._provenance import _is_user_file, _user_location
 from ._signature import LeafSignature
 
 _tree = jax.tree_util
@@ -143,6 +144,55 @@ def _init_leaves(check: InitCheck, dtype: str) -> dict[str, _Leaf]:
     return leaves
 
 
+# JAX's array constructors: a constant of `init` is the value one of them returned.
+_CONSTRUCTORS = (
+    "array",
+    "asarray",
+    "zeros",
+    "ones",
+    "full",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+)
+
+
+def _constant_lines(check: InitCheck, dtype: str) -> dict[str, tuple[str, int, str]]:
+    """For each leaf of `init`'s state that a JAX array constructor built, the
+    line that called it: `init` is run once, eagerly, watching the constructors
+    return (a constant has no equation, so no line, in a jaxpr)."""
+    codes = {getattr(getattr(jnp, name, None), "__code__", None) for name in _CONSTRUCTORS}
+    codes.discard(None)
+    made: dict[int, tuple[Any, str, int, str]] = {}
+
+    def watch(frame: Any, event: str, value: Any) -> None:
+        if event != "return" or frame.f_code not in codes:
+            return
+        caller = frame.f_back
+        while caller is not None and not _is_user_file(caller.f_code.co_filename):
+            caller = caller.f_back
+        if caller is not None and id(value) not in made:
+            code = caller.f_code
+            name = getattr(code, "co_qualname", code.co_name)
+            made[id(value)] = (value, short_path(code.co_filename), caller.f_lineno, name)
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        state = check.fn(*check.make_args(dtype))
+    except Exception:
+        return {}
+    finally:
+        sys.setprofile(previous)
+    if check.select is not None:
+        state = check.select(state)
+    lines = {}
+    for path, leaf in _tree.tree_flatten_with_path(state)[0]:
+        if id(leaf) in made and made[id(leaf)][0] is leaf:
+            lines[_tree.keystr(path)] = made[id(leaf)][1:]
+    return lines
+
+
 def check_init(check: InitCheck, dtype: str, mismatches: Sequence[Mismatch]) -> list[Mismatch]:
     """`mismatches` (the step's) with `init`'s findings at `dtype`: each weak leaf the
     step makes strong names the `init` line that built it, and each float buffer that
@@ -150,10 +200,18 @@ def check_init(check: InitCheck, dtype: str, mismatches: Sequence[Mismatch]) -> 
     leaves = _init_leaves(check, dtype)
     found = []
     reported = {m.path for m in mismatches}
+    lines: dict[str, tuple[str, int, str]] | None = None
     for m in mismatches:
-        leaf = leaves.get(m.path[len(check.root) :]) if m.path.startswith(check.root) else None
+        path = m.path[len(check.root) :]
+        leaf = leaves.get(path) if m.path.startswith(check.root) else None
         if m.kind == "weak_type" and leaf is not None and leaf.signature.weak_type:
-            m = dataclasses.replace(m, origin=dataclasses.replace(leaf.origin, then=m.origin))
+            origin = leaf.origin
+            if origin.constant:
+                lines = _constant_lines(check, dtype) if lines is None else lines
+                if path in lines:
+                    file, line, function = lines[path]
+                    origin = InitOrigin("init", file, line, function, constant=True)
+            m = dataclasses.replace(m, origin=dataclasses.replace(origin, then=m.origin))
         found.append(m)
     for path, leaf in leaves.items():
         ref = leaf.follows

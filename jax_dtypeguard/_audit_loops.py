@@ -1,9 +1,11 @@
-"""JAX's carry and branch type errors, read back as drift.
+"""Type errors raised inside a library's own loops, read back as drift.
 
 When a library's own `while_loop`, `scan`, `fori_loop` or `cond` rejects a
-carry whose type changed while a case runs, the case did drift: JAX's message
-names the carry component and both types, and the traceback the loop's call
-site. This module turns that message into `Mismatch`es.
+carry (or branch output) whose type changed while a case runs, the case did
+drift: JAX's message names the component and both types, and the traceback
+the loop's call site. Equinox's loop buffers and closure conversion, and
+Lineax's linear solves, make the same check in their own words. This module
+turns those messages into `Mismatch`es; anything else stays an error.
 """
 
 from __future__ import annotations

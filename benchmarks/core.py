@@ -97,6 +97,20 @@ def _drifting_leaves(fn: Callable, args: tuple, state_arg: int, out: int | None)
     )
 
 
+def _eqn_count(jaxpr: Any) -> int:
+    """Equations of a jaxpr, counting those of the jaxprs nested in their parameters
+    (a loop's body and condition, a branch, a jitted call) too."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += 1
+        for value in eqn.params.values():
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(item, "jaxpr", item)  # a ClosedJaxpr holds a Jaxpr
+                if hasattr(inner, "eqns"):
+                    total += _eqn_count(inner)
+    return total
+
+
 def _primitives(jaxpr: Any) -> collections.Counter[str]:
     return collections.Counter(str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns)
 
@@ -118,11 +132,14 @@ def jaxpr_identity() -> dict[str, Any]:
     for name, fn, args, state, out in checks:
         plain = jax.make_jaxpr(fn)(*args)
         guarded = jax.make_jaxpr(state_dtype_invariant(fn, state=state, out=out))(*args)
-        rows[name] = {"check_identical": str(plain) == str(guarded), "eqns": len(plain.eqns)}
+        rows[name] = {"check_identical": str(plain) == str(guarded), "eqns": _eqn_count(plain)}
     body, args, run = _while_loop_case()
     plain = jax.make_jaxpr(run(body))(*args)
     guarded = jax.make_jaxpr(run(state_dtype_invariant(body)))(*args)
-    rows["while_loop body"] = {"check_identical": str(plain) == str(guarded), "eqns": 1}
+    rows["while_loop body"] = {
+        "check_identical": str(plain) == str(guarded),
+        "eqns": _eqn_count(plain),
+    }
 
     casts: list[tuple[str, Callable, tuple, int, int | None]] = [
         (
@@ -292,24 +309,44 @@ def trace_time(
 # --- 4. eager calls on a cache hit ----------------------------------------------
 
 
-def _eager_one(n: int, container: str, repeats: int, calls: int) -> dict[str, Any]:
+def _eager_case(n: int, container: str) -> dict[str, Any]:
+    """A step returning an `n`-leaf state, undecorated, guarded and jaxtyped+beartype.
+
+    The step returns `outputs[-1]`: the same types as its input, other arrays (what a
+    real step returns), until a caller appends another output.
+    """
     import beartype
     import jaxtyping
     from jaxtyping import Array, Float
 
-    # Same types on both sides, other arrays: what a real step returns.
-    state_in, state_out = _params(n), _params(n)
+    state_in: Any = _params(n)
+    outputs: list[Any] = [_params(n)]
     # beartype checks one item of a container per call (a sample), whatever its size.
     hint: Any = dict[str, Float[Array, "4"]]
     if container == "tuple":
-        state_in, state_out = tuple(state_in.values()), tuple(state_out.values())
+        state_in, outputs[0] = tuple(state_in.values()), tuple(outputs[0].values())
         hint = tuple[Float[Array, "4"], ...]
 
-    def step(state: hint, scale: float) -> hint:
-        return state_out
+    def step(state: Any, scale: float) -> Any:
+        return outputs[-1]
 
-    guarded = state_dtype_invariant(step, annotations=False)
-    jaxtyped = jaxtyping.jaxtyped(typechecker=beartype.beartype)(step)
+    # The hints as objects: under `from __future__ import annotations` they would be the
+    # string "hint", which names a local that beartype cannot resolve: nothing is checked.
+    step.__annotations__ = {"state": hint, "scale": float, "return": hint}
+
+    return {
+        "state_in": state_in,
+        "outputs": outputs,
+        "plain": step,
+        "guarded": state_dtype_invariant(step, annotations=False),
+        "jaxtyped": jaxtyping.jaxtyped(typechecker=beartype.beartype)(step),
+    }
+
+
+def _eager_one(n: int, container: str, repeats: int, calls: int) -> dict[str, Any]:
+    case = _eager_case(n, container)
+    state_in, state_out = case["state_in"], case["outputs"][0]
+    plain, guarded, jaxtyped = case["plain"], case["guarded"], case["jaxtyped"]
     flatten = jax.tree_util.tree_flatten
 
     def two_flattens() -> Any:
@@ -317,7 +354,7 @@ def _eager_one(n: int, container: str, repeats: int, calls: int) -> dict[str, An
         return flatten(state_out)
 
     functions = {
-        "plain": lambda: step(state_in, 1.0),
+        "plain": lambda: plain(state_in, 1.0),
         "guarded": lambda: guarded(state_in, 1.0),
         "jaxtyped": lambda: jaxtyped(state_in, 1.0),
         "two_flattens": two_flattens,
@@ -340,8 +377,43 @@ def _eager_one(n: int, container: str, repeats: int, calls: int) -> dict[str, An
             "guarded_overhead_us": paired_difference(samples, "guarded", "plain") * 1e6,
             "jaxtyped_overhead_us": paired_difference(samples, "jaxtyped", "plain") * 1e6,
         },
-        "leaves_checked": {"guarded": n, "jaxtyped": 1},
     }
+
+
+def _drifts_caught(n: int, container: str, rounds: int = 20) -> dict[str, float]:
+    """Of `n` calls, each returning the state with one other leaf wrong (int32 where the
+    input and the hint say float32), how many each checker reports: the leaves it checks
+    per call. A mean over `rounds` sweeps, as beartype picks the item it checks at random."""
+    import beartype.roar
+    import jaxtyping
+
+    from jax_dtypeguard import StateDtypeError
+
+    case = _eager_case(n, container)
+    state_in, outputs = case["state_in"], case["outputs"]
+    good, wrong = outputs[0], jnp.zeros((4,), jnp.int32)
+    if container == "tuple":
+        drifted = [(*good[:i], wrong, *good[i + 1 :]) for i in range(n)]
+    else:
+        drifted = [{**good, key: wrong} for key in good]
+    errors = {
+        "guarded": (StateDtypeError,),
+        "jaxtyped": (jaxtyping.TypeCheckError, beartype.roar.BeartypeCallHintViolation),
+    }
+    caught: dict[str, float] = {"leaves": n}
+    for name, expected in errors.items():
+        reports = 0
+        for _ in range(rounds):
+            for state_out in drifted:
+                outputs.append(state_out)
+                try:
+                    case[name](state_in, 1.0)
+                except expected:
+                    reports += 1
+                finally:
+                    outputs.pop()
+        caught[name] = reports / rounds
+    return caught
 
 
 def _two_point(rows: dict[int, dict[str, Any]], key: str) -> tuple[float, float]:
@@ -366,6 +438,9 @@ def eager_overhead(
         container: {n: _eager_one(n, container, repeats, calls) for n in sizes}
         for container in ("dict", "tuple")
     }
+    # Measured on the middle size: each drifting call makes a report (milliseconds).
+    probed = sorted(sizes)[len(sizes) // 2]
+    caught = {container: _drifts_caught(probed, container) for container in states}
     fits = {}
     for container, rows in states.items():
         slope, constant = _two_point(rows, "guarded_overhead_us")
@@ -388,21 +463,30 @@ def eager_overhead(
     fit = fits["dict"]
     return {
         "title": "4. eager call overhead",
-        "target": "<= 0.2 us/leaf + small constant; below jaxtyped+beartype",
-        "met": all(f["per_leaf_us"] <= 0.2 for f in fits.values()) and all(below.values()),
+        "target": "<= 0.2 us/leaf + small constant; below jaxtyped+beartype; every drift caught",
+        "met": (
+            all(f["per_leaf_us"] <= 0.2 for f in fits.values())
+            and all(below.values())
+            and all(c["guarded"] == c["leaves"] for c in caught.values())
+        ),
         "summary": (
             f"dict: {fit['per_leaf_us']:.2f} us/leaf ({fit['jax_tree_flatten_x2_per_leaf_us']:.2f}"
             f" of it JAX's two flattens) + {fit['constant_us']:.1f} us; tuple: "
-            f"{fits['tuple']['per_leaf_us']:.2f} us/leaf; us/call guard vs jaxtyped (dict) {text}"
+            f"{fits['tuple']['per_leaf_us']:.2f} us/leaf; us/call guard vs jaxtyped (dict) {text}; "
+            f"single-leaf drifts caught of {probed}: guard {caught['dict']['guarded']:g}, "
+            f"jaxtyped {caught['dict']['jaxtyped']:g} (dict), guard "
+            f"{caught['tuple']['guarded']:g}, jaxtyped {caught['tuple']['jaxtyped']:g} (tuple)"
         ),
         "states": states,
         "fits": fits,
         "below_jaxtyped": below,
+        "single_leaf_drifts_caught": caught,
         "note": (
             "jaxtyped+beartype checks one sampled item of a dict[str, Float[Array, '4']] "
-            "or tuple[Float[Array, '4'], ...] per call (beartype's O(1) strategy); the "
-            "guard compares every leaf. Two jax.tree_util.tree_flatten calls (input and output "
-            "state) bound the guard's cost from below."
+            "or tuple[Float[Array, '4'], ...] per call (beartype's O(1) strategy): "
+            "single_leaf_drifts_caught counts, over one call per leaf with that leaf returned "
+            "as int32, the calls each checker reported (mean of 20 sweeps). Two jax.tree_util.tree_flatten calls "
+            "(input and output state) bound the guard's cost from below."
         ),
     }
 
@@ -410,11 +494,31 @@ def eager_overhead(
 # --- 5. compile counts under jax_dtypeguard.optax.invariant ---------------------
 
 
-def _discover(optax: Any) -> list[tuple[str, Any]]:
-    """(name, transformation) for every optimizer Optax exports, as the audit builds them."""
-    from jax_dtypeguard._audit_optax import transformations
+def _discover(optax: Any) -> tuple[list[tuple[str, Any]], dict[str, str]]:
+    """(name, transformation) for every optimizer Optax exports, built as the audit builds
+    them; and the constructors the audit is sure of but could not build, with why.
 
-    return transformations(optax)
+    No list of names to fall back on: if the audit's discovery moves, this fails loudly.
+    """
+    from jax_dtypeguard import _audit_optax
+
+    values = _audit_optax._argument_values(optax)
+    found: list[tuple[str, Any]] = []
+    not_built: dict[str, str] = {}
+    for constructor in _audit_optax.constructors(optax):
+        try:
+            tx, display = _audit_optax._construct(constructor.name, constructor.fn, optax, values)
+        except Exception as error:
+            if constructor.certain:
+                not_built[constructor.name] = (
+                    f"{type(error).__name__}: {str(error).splitlines()[0]:.120}"
+                )
+            continue
+        if isinstance(tx, optax.GradientTransformation):
+            found.append((display, tx))
+    if not found:
+        raise RuntimeError(f"found no optimizer in optax {optax.__version__}")
+    return found, not_built
 
 
 def _compiles(tx: Any, optax: Any, steps: int = 3) -> int:
@@ -456,7 +560,8 @@ def compile_counts(limit: int | None = None) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, tx in _discover(optax)[:limit]:
+        discovered, not_built = _discover(optax)
+        for name, tx in discovered[:limit]:
             row: dict[str, Any] = {}
             for label, candidate in (("plain", tx), ("invariant", None)):
                 try:
@@ -496,8 +601,11 @@ def compile_counts(limit: int | None = None) -> dict[str, Any]:
             f"{len(once)}/{len(counted)} compile once under invariant (plain: "
             f"{', '.join(f'{n} {c}x' for n, c in plain_more.items()) or 'all once'}); "
             f"{len(reported)} report drift cast cannot fix ({', '.join(reported)}); "
-            f"{len(unsuited)} unsuited to the params; {len(errors)} errors"
+            f"{len(unsuited)} unsuited to the params; {len(errors)} errors; "
+            f"{len(discovered)} discovered, {len(rows)} run, {len(not_built)} not built"
         ),
+        "discovered": len(discovered),
+        "not_built": not_built,
         "optimizers": rows,
         "compile_ratio_invariant_over_plain": {
             "mean": sum(ratios) / len(ratios) if ratios else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import _config
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ._errors import Origin as Origin
     from ._errors import StateDtypeError as StateDtypeError
     from ._errors import StateDtypeWarning as StateDtypeWarning
+    from ._loops import guard_loops as guard_loops
 
 _EXPORTS = {
     "lax": ("lax", None),
@@ -30,6 +32,7 @@ _EXPORTS = {
     "mode": ("_config", "mode"),
     "strict": ("_config", "strict"),
     "state_dtype_invariant": ("_decorator", "state_dtype_invariant"),
+    "guard_loops": ("_loops", "guard_loops"),
     "Mismatch": ("_errors", "Mismatch"),
     "Origin": ("_errors", "Origin"),
     "StateDtypeError": ("_errors", "StateDtypeError"),
@@ -43,12 +46,20 @@ __all__ = [
     "StateDtypeWarning",
     "__version__",
     "config",
+    "guard_loops",
     "lax",
     "mode",
     "state_dtype_invariant",
     "strict",
     "testing",
 ]
+
+
+# JAX_DTYPEGUARD_LOOPS=check|cast|warn guards the loops of the whole program.
+if _config.loops_default is not None:
+    from ._loops import install as _install_loop_hook
+
+    _install_loop_hook()
 
 
 def __getattr__(name: str) -> Any:

@@ -30,17 +30,14 @@ import numpy as np
 from beartype.door import is_bearable
 
 from ._compat import Tracer
+from ._compat import get_shape_memo as _get_shape_memo
 from ._errors import Mismatch
 from ._signature import LeafSignature, NotALeafError, remember
 
-# --- jaxtyping private API: only here. -------------------------------------------
+# --- jaxtyping private API (from _compat). ---------------------------------------
 # The dimension sizes bound so far in the current memo, for messages only.
 # `tests/test_annotations.py::test_jaxtyping_private_memo_api` fails loudly if
 # jaxtyping moves it; without it, messages just lack the bindings.
-try:
-    from jaxtyping._storage import get_shape_memo as _get_shape_memo
-except ImportError:  # pragma: no cover - a jaxtyping that moved its storage
-    _get_shape_memo = None
 
 
 def dimension_bindings() -> dict[str, Any]:
@@ -125,11 +122,49 @@ def describe(value: Any) -> str:
     return kind.__qualname__
 
 
+def _nnx() -> Any:
+    return sys.modules.get("flax.nnx")
+
+
+def _is_nnx_object(value: Any) -> bool:
+    nnx = _nnx()
+    return nnx is not None and isinstance(value, nnx.Module) and not isinstance(value, type)
+
+
 def _is_record(value: Any) -> bool:
-    """A NamedTuple, dataclass, `equinox.Module` or `flax.struct` instance."""
+    """A NamedTuple, dataclass, `equinox.Module`, `flax.struct` or Flax NNX module instance."""
     if isinstance(value, tuple):
         return hasattr(type(value), "_fields")
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return True
+    return _is_nnx_object(value)
+
+
+def _field_names(cls: type) -> list[str]:
+    """A record's fields: a NamedTuple's, a dataclass's, or an NNX module's annotated attributes."""
+    if issubclass(cls, tuple):
+        return list(cls._fields)  # type: ignore[attr-defined]
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    library = ("flax.", "typing")
+    names: dict[str, None] = {}
+    for klass in reversed(cls.__mro__):
+        if not klass.__module__.startswith(library) and klass is not object:
+            names.update(dict.fromkeys(_raw_annotations(klass)))
+    return list(names)
+
+
+def _unwrap_variable(element: Any, hint: Any) -> tuple[Any, Any]:
+    """An NNX `Variable` field as its value, and `nnx.Param[X]` as `X` (else the hint as is)."""
+    nnx = _nnx()
+    if nnx is None or not isinstance(element, nnx.Variable):
+        return element, hint
+    origin = typing.get_origin(hint)
+    if isinstance(origin, type) and issubclass(origin, nnx.Variable):
+        return element.value, (typing.get_args(hint) or (Any,))[0]
+    if isinstance(hint, type) and issubclass(hint, nnx.Variable):
+        return element, hint
+    return element.value, hint
 
 
 def _raw_annotations(owner: Any) -> dict[str, Any]:
@@ -187,7 +222,7 @@ def _record(cls: type) -> _Record:
     except KeyError:
         pass
     is_tuple = issubclass(cls, tuple)
-    names = list(cls._fields) if is_tuple else [f.name for f in dataclasses.fields(cls)]  # type: ignore[attr-defined,arg-type]
+    names = _field_names(cls)
     raw: dict[str, Any] = {}
     scopes: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     for klass in reversed(cls.__mro__):
@@ -388,7 +423,8 @@ class _Walk:
                 element = getattr(value, field.name)
             except AttributeError:
                 continue
-            self.walk(f"{path}.{field.name}", element, field.hint, field.text, field.owner)
+            element, hint = _unwrap_variable(element, field.hint)
+            self.walk(f"{path}.{field.name}", element, hint, field.text, field.owner)
 
 
 class _Plan(typing.NamedTuple):

@@ -1,4 +1,4 @@
-"""The one place that touches private or version-dependent JAX APIs.
+"""The one place that touches private or version-dependent JAX (and jaxtyping) APIs.
 
 Supported: jax 0.4.38 up to the newest release. `tests/test_compat.py` fails
 loudly if JAX moves anything used here.
@@ -7,6 +7,7 @@ loudly if JAX moves anything used here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import jax
 import jax.core
 import numpy as np
+from jax._src import core as _core
 from jax._src.lax import lax as _lax_internal
 
 Tracer = jax.core.Tracer
@@ -86,3 +88,59 @@ def source_frames(source_info: Any) -> list[tuple[str, int, str]]:
     if traceback is None:
         return []
     return [(f.file_name, f.line_num, f.function_name) for f in traceback.frames]
+
+
+# --- jaxprs: equation parameters of loops, branches and calls (provenance) ---------------------
+
+# Parameters that hold the jaxpr of a call-like equation (`jit`, `custom_jvp_call`,
+# `custom_vjp_call`, `checkpoint`, ...): inputs and outputs map one to one.
+CALL_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+def is_literal(atom: Any) -> bool:
+    """Whether a jaxpr equation's operand is a literal constant (not a variable)."""
+    return isinstance(atom, _core.Literal)
+
+
+def open_jaxpr(jaxpr: Any) -> Any:
+    """The open `Jaxpr` of a `Jaxpr` or `ClosedJaxpr` equation parameter, else None."""
+    if isinstance(jaxpr, _core.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    return jaxpr if isinstance(jaxpr, _core.Jaxpr) else None
+
+
+def cond_branches(eqn: Any) -> list[Any]:
+    """The open jaxprs of a `cond` equation's branches; its operands are `eqn.invars[1:]`."""
+    return [open_jaxpr(branch) for branch in eqn.params["branches"]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopLayout:
+    """How a `while` or `scan` equation's operands feed its body.
+
+    The body's inputs are `eqn.invars[skip:]`: `consts` constants, then the
+    `carries` carries (then, for `scan`, the scanned slices). Its first
+    `carries` outputs are the new carries.
+    """
+
+    body: Any  # open Jaxpr
+    skip: int  # leading operands that are not the body's (a while's cond constants)
+    consts: int
+    carries: int
+
+
+def loop_layout(eqn: Any) -> LoopLayout:
+    """The `LoopLayout` of a `while` or `scan` equation."""
+    params = eqn.params
+    if eqn.primitive.name == "while":
+        body = open_jaxpr(params["body_jaxpr"])
+        return LoopLayout(body, params["cond_nconsts"], params["body_nconsts"], len(eqn.outvars))
+    return LoopLayout(open_jaxpr(params["jaxpr"]), 0, params["num_consts"], params["num_carry"])
+
+
+# --- jaxtyping ----------------------------------------------------------------------------------
+
+try:  # the dimension sizes bound so far in jaxtyping's current memo (for messages only)
+    from jaxtyping._storage import get_shape_memo
+except ImportError:  # jaxtyping absent, or it moved its storage: tests/test_compat.py says which
+    get_shape_memo = None

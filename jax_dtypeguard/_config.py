@@ -11,13 +11,15 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 Mode = Literal["check", "cast", "warn", "off"]
 MODES: tuple[str, ...] = ("check", "cast", "warn", "off")
 
 MODE_VARIABLE = "JAX_DTYPEGUARD_MODE"
 STRICT_VARIABLE = "JAX_DTYPEGUARD_STRICT"
+LOOPS_VARIABLE = "JAX_DTYPEGUARD_LOOPS"
+LOOP_MODES: tuple[str, ...] = ("check", "cast", "warn")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -258,6 +260,46 @@ def effective(declared_mode: str | None, declared_weak_type: bool) -> tuple[str,
     if config.strict:
         return "check", True
     return resolved, declared_weak_type
+
+
+class LoopSettings(NamedTuple):
+    """What `guard_loops` does in a scope: its mode and whether weak_type alone is drift."""
+
+    mode: str
+    weak_type: bool
+
+
+def _loops_from_env() -> LoopSettings | None:
+    raw = os.environ.get(LOOPS_VARIABLE)
+    if raw is None or not raw.strip() or raw.strip().lower() == "off":
+        return None
+    value = raw.strip().lower()
+    if value not in LOOP_MODES:
+        raise ValueError(
+            f"Environment variable {LOOPS_VARIABLE}={raw!r} is not a guard_loops mode; "
+            f"allowed values: {', '.join(LOOP_MODES)}, or off (or unset) to leave "
+            "the loops of the program unguarded."
+        )
+    return LoopSettings(value, False)
+
+
+# The program-wide default (JAX_DTYPEGUARD_LOOPS, read at import), then scopes
+# (`guard_loops`, the pytest option and marker): a context variable, so threads
+# and asyncio tasks outside a scope never see it.
+loops_default: LoopSettings | None = _loops_from_env()
+loops_override: contextvars.ContextVar[LoopSettings | None] = contextvars.ContextVar(
+    "jax_dtypeguard_loops", default=None
+)
+
+
+def loop_settings() -> LoopSettings | None:
+    """What `guard_loops` does here and now (strict mode applied), or None when it is off."""
+    settings = loops_override.get() or loops_default
+    if settings is None or settings.mode == "off":
+        return None
+    if settings.mode != "check" and config.strict:
+        return LoopSettings("check", settings.weak_type)
+    return settings
 
 
 # Set while a report re-traces a step (provenance): guards inside it stay silent,

@@ -110,6 +110,17 @@ def _changes_kind(m: Mismatch) -> bool:
     return kinds[0] != kinds[1] and set(kinds) <= _NUMERIC_KINDS
 
 
+def _scalar_for_array(m: Mismatch) -> bool:
+    a, b = m.expected_type, m.got_type
+    return (
+        m.kind == "structure"
+        and a is not None
+        and b is not None
+        and a.python_scalar is None
+        and b.python_scalar is not None
+    )
+
+
 def _hint(mismatches: Sequence[Mismatch], mode: str, strict: bool) -> str:
     kinds = {m.kind for m in mismatches}
     kind_changes = [m for m in mismatches if _changes_kind(m)]
@@ -141,11 +152,16 @@ def _hint(mismatches: Sequence[Mismatch], mode: str, strict: bool) -> str:
             "input state's types, or keep the step's arithmetic in the state's "
             "dtype (e.g. `x.astype(state.dtype)`)"
         )
-    if "structure" in kinds:
+    if any(m.kind == "structure" and not _scalar_for_array(m) for m in mismatches):
         parts.append(
             "return the same tree as the input state (same containers and keys, "
             "a leaf wherever the input has one: no `None` for `0`, no array for a "
             "Python scalar, the same static fields)"
+        )
+    if any(_scalar_for_array(m) for m in mismatches):
+        parts.append(
+            "return an array where the input state holds one, not a Python scalar "
+            "(`jnp.asarray(value, dtype)`)"
         )
     if "shape" in kinds:
         parts.append("keep each leaf's shape")

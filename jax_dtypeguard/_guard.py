@@ -18,6 +18,7 @@ from typing import Any
 import jax
 
 from . import _annotations, _config
+from ._carry import Rule, carry_verdict
 from ._cast import cast_back
 from ._compare import OK, Verdict, compare_states
 from ._compat import Tracer
@@ -99,7 +100,10 @@ class Guard:
       the testing assertions, which check exactly what they are asked).
     - `annotations`: whether to check `fn`'s jaxtyping annotations.
     - `hold_weakly`: keep only a weak reference to `fn` (cached loop bodies).
-    - `label`: the function's name in reports (default: its qualified name).
+    - `rule`: compare as a loop or branch does (`_carry.Rule`): a Python scalar
+      that `jax.lax` accepts for an array leaf is cast, not a structure change.
+    - `title`: `(name, "file:line")` that reports give the function, where not
+      its own (`invariant(adamw)`).
     """
 
     def __init__(
@@ -112,14 +116,16 @@ class Guard:
         annotations: bool = True,
         follows_config: bool = True,
         hold_weakly: bool = False,
-        label: str | None = None,
+        rule: Rule | None = None,
+        title: tuple[str, str] | None = None,
     ) -> None:
         self._fn: Callable[[], Any] = weakref.ref(fn) if hold_weakly else (lambda: fn)
         self.plan = plan
         self.mode = mode
         self.weak_type = weak_type
         self.follows_config = follows_config
-        self.label = label
+        self.title = title
+        self.rule = rule
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
         self.verdicts: dict[Any, Verdict] = {}
         self.explained: dict[Any, list[Mismatch]] = {}
@@ -199,7 +205,7 @@ class Guard:
 
     @property
     def name(self) -> str:
-        return self.label or describe_location(self.fn)[0]
+        return self.title[0] if self.title else describe_location(self.fn)[0]
 
     def _verdict(
         self,
@@ -209,6 +215,8 @@ class Guard:
         state_out: Any,
         weak_type: bool,
     ) -> Verdict:
+        if self.rule is not None:
+            return carry_verdict(before.tree(), state_out, parameter.name, self.rule, weak_type)
         leaves_out, tree_out = _tree.tree_flatten(state_out)
         try:
             keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))
@@ -266,7 +274,7 @@ class Guard:
     ) -> None:
         __tracebackhide__ = True
         mismatches = self._explain(mismatches, args, kwargs)
-        location = describe_location(self.fn)[1]
+        location = self.title[1] if self.title else describe_location(self.fn)[1]
         message = format_report(self.name, location, self.plan.names, mismatches, mode, strict)
         if mode == "warn":
             if not _config.retracing.get():

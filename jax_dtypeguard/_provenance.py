@@ -15,27 +15,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 import site
 import sysconfig
-import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import _compat, _config
+from ._compat import cond_branches, is_literal, loop_layout
 from ._errors import Mismatch, Origin, short_path
-from ._signature import LeafSignature
+from ._lineage import Frame, Lineage, OutOfTime, call_jaxpr
+from ._plan import argument_names
+from ._signature import LeafSignature, category
 
 _tree = jax.tree_util
 _KINDS = frozenset({"dtype", "weak_type"})
 # Seconds the walks of one report may take (tracing excluded); past it, no origin.
 _TIME_LIMIT = 2.0
-_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _ARRAY_TYPES = (jax.Array, _compat.Tracer, np.ndarray, np.generic)
 
 
@@ -49,13 +49,25 @@ def explain(
 ) -> list[Mismatch]:
     """`mismatches` with `origin` filled in where it can be found.
 
-    Never raises: whatever goes wrong leaves the mismatches as they were.
+    Never raises: a function that fails when traced again, or a walk past its
+    time limit, leaves the mismatches as they were. Anything else is a bug or a
+    JAX change (`tests/test_compat.py` pins the JAX access): it is warned about,
+    and the report still goes out.
     """
     if not any(m.kind in _KINDS for m in mismatches):
         return mismatches
     try:
         return _explain(fn, parameter, out, args, kwargs, mismatches)
-    except Exception:  # a missing origin must never hide the report itself
+    except OutOfTime:
+        return mismatches
+    except Exception as error:  # a missing origin must never hide the report itself
+        warnings.warn(
+            f"jax_dtypeguard could not look for where the drift began ({type(error).__name__}: "
+            f"{error}); the report has no origins. Please report this, with JAX "
+            f"{jax.__version__}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return mismatches
 
 
@@ -75,7 +87,7 @@ def _explain(
     # Lineage bits only for the drifting leaves: one bit per state leaf would make
     # every mask as wide as the state, quadratic memory on wide states.
     lineage = {p: i for p, i in traced.state_invars.items() if p in paths}
-    walker = _Walker(traced.jaxpr.jaxpr, lineage)
+    walker = _Search(traced.jaxpr.jaxpr, lineage, _TIME_LIMIT)
     explained = []
     for m in mismatches:
         origin = None
@@ -94,24 +106,6 @@ def _abstract(leaf: Any) -> Any:
         aval: Any = leaf.aval
         return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
     return leaf
-
-
-def _argument_names(fn: Callable[..., Any], count: int) -> list[str]:
-    try:
-        parameters = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return [f"args[{i}]" for i in range(count)]
-    names = []
-    for i in range(count):
-        positional = [
-            p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        if i < len(positional):
-            names.append(positional[i].name)
-            continue
-        variadic = next((p.name for p in parameters if p.kind is p.VAR_POSITIONAL), "args")
-        names.append(f"{variadic}[{i - len(positional)}]")
-    return names
 
 
 def _state_slots(
@@ -164,7 +158,7 @@ class _Traced:
         if slots is None and keyword is not None:  # the state is the parameter's default
             kwargs = {**kwargs, keyword: state}
             slots = (keyword,)
-        names = _argument_names(fn, len(args))
+        names = argument_names(fn, len(args))
         slot_items = [(str(i), names[i], a) for i, a in enumerate(args)]
         slot_items += [(k, k, v) for k, v in kwargs.items()]
         flat = []  # per slot: (treedef, leaves, labels)
@@ -181,7 +175,7 @@ class _Traced:
         for keep_arrays_dynamic in (True, False):
             try:
                 traced = cls._trace(fn, out, slot_items, flat, keep_arrays_dynamic)
-            except Exception:
+            except Exception:  # the user's function: it may fail on abstract arguments
                 continue
             jaxpr, labels, state_invar_list, outputs = traced
             if slots is not None and len(state_invar_list) != len(state_paths):
@@ -248,7 +242,19 @@ class _Traced:
         outputs = {_tree.keystr(path): offset + j for j, (path, _) in enumerate(entries)}
         return closed, labels, state_invars, outputs
 
-    def origin(self, walker: _Walker, path: str, kind: str) -> Origin | None:
+    def choose(self, reached: list[int], path: str, only: bool) -> int | None:
+        """The argument to name: the one at the drifting leaf's own keypath (`updates['w']`
+        for `opt_state['w']`), else the first reached; for a replaced leaf, else the only one.
+        """
+        for position in reached:
+            label = self.labels[position]
+            if path and label.endswith(path) and not label[: -len(path)].endswith(("[", ".")):
+                return position
+        if only:
+            return reached[0] if len(reached) == 1 else None
+        return reached[0] if reached else None
+
+    def origin(self, walker: _Search, path: str, kind: str) -> Origin | None:
         """Where the leaf at `path` (below the state's name) first left its input type."""
         output = self.outputs.get(path)
         signature = self.state_signatures.get(path)
@@ -259,9 +265,8 @@ class _Traced:
         found = walker.locate(walker.root, walker.root.jaxpr.outvars[output], departs, invar)
         if found is None:
             return None
-        argument = walker.argument(found)
-        if argument is not None and argument == invar:
-            argument = None
+        reached = [a for a in walker.arguments(found) if a != invar]
+        argument = self.choose(reached, path, only=found.replaced)
         # A jaxpr traced inside `jit` records frames up to the jit only: then the
         # enclosing equations say where.
         location, eqn, frame = None, found.eqn, found.frame
@@ -320,221 +325,29 @@ def _departs_from(dtype: np.dtype, weak_type: bool, kind: str) -> Callable[[Any]
     )
 
 
-def _is_literal(atom: Any) -> bool:
-    return hasattr(atom, "val")
-
-
-def _open(jaxpr: Any) -> Any:
-    """The open jaxpr of a `Jaxpr` or `ClosedJaxpr` parameter, else None."""
-    if hasattr(jaxpr, "consts"):  # a ClosedJaxpr
-        jaxpr = jaxpr.jaxpr
-    return jaxpr if hasattr(jaxpr, "eqns") and hasattr(jaxpr, "invars") else None
-
-
-def _call_jaxpr(eqn: Any) -> Any:
-    """The jaxpr of a call-like equation whose inputs and outputs map one to one."""
-    params = eqn.params
-    if not params:
-        return None
-    for name in _CALL_PARAMS:
-        if name not in params:
-            continue
-        jaxpr = _open(params[name])
-        if (
-            jaxpr is not None
-            and len(jaxpr.invars) == len(eqn.invars)
-            and len(jaxpr.outvars) == len(eqn.outvars)
-        ):
-            return jaxpr
-    return None
-
-
-def _category(dtype: np.dtype) -> str:
-    for kind in (np.bool_, np.complexfloating, np.floating, np.integer):
-        if jnp.issubdtype(dtype, kind):
-            return kind.__name__
-    return str(dtype)
-
-
-class _OutOfTime(Exception):
-    pass
-
-
-class _Frame:
-    """One jaxpr being walked, and how its inputs connect to the enclosing one."""
-
-    __slots__ = (
-        "blocked",
-        "consts",
-        "eqn",
-        "inputs",
-        "invars",
-        "jaxpr",
-        "masks",
-        "parent",
-        "producer",
-    )
-
-    def __init__(
-        self,
-        jaxpr: Any,
-        parent: _Frame | None,
-        inputs: list[Any],
-        blocked: frozenset[int],
-        masks: dict[Any, int],
-        index: tuple[dict[Any, tuple[Any, int]], dict[Any, int], frozenset[Any]],
-        eqn: Any = None,
-    ) -> None:
-        self.eqn = eqn  # the equation of `parent` whose jaxpr this is
-        self.jaxpr = jaxpr
-        self.parent = parent
-        self.inputs = inputs
-        self.blocked = blocked
-        self.masks = masks
-        self.producer, self.invars, self.consts = index
-
-    def mask(self, atom: Any) -> int:
-        return 0 if _is_literal(atom) else self.masks.get(atom, 0)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Found:
     """An equation that introduced the drift; `argument` or `blame` say what came in."""
 
     eqn: Any
-    frame: _Frame
+    frame: Frame
     argument: int | None = None  # a top-level jaxpr input
     blame: tuple[Any, ...] = ()  # (frame, atoms): other operands to trace back to an argument
+    replaced: bool = False  # the output leaf does not depend on the input leaf
 
 
-class _Walker:
-    """Backward walks over one jaxpr, sharing indexes and lineage between leaves."""
-
-    def __init__(self, jaxpr: Any, state_invars: dict[str, int]) -> None:
-        self.deadline = time.perf_counter() + _TIME_LIMIT
-        self.steps = 0
-        self.indexes: dict[int, Any] = {}
-        self.forwards: dict[tuple[int, tuple[int, ...]], Any] = {}
-        self.frames: dict[tuple[int, ...], _Frame] = {}
-        self.bits = {invar: 1 << n for n, invar in enumerate(sorted(set(state_invars.values())))}
-        in_masks = tuple(self.bits.get(i, 0) for i in range(len(jaxpr.invars)))
-        masks = self.forward(jaxpr, in_masks)[0]
-        self.root = _Frame(jaxpr, None, [], frozenset(), masks, self.index(jaxpr))
-
-    def tick(self) -> None:
-        self.steps += 1
-        if not self.steps & 255 and time.perf_counter() > self.deadline:
-            raise _OutOfTime
-
-    def index(self, jaxpr: Any) -> Any:
-        """Producers, input positions and constants of a jaxpr (built once per jaxpr)."""
-        found = self.indexes.get(id(jaxpr))
-        if found is None:
-            producer = {}
-            for eqn in jaxpr.eqns:
-                for k, var in enumerate(eqn.outvars):
-                    producer[var] = (eqn, k)
-            invars = {var: i for i, var in enumerate(jaxpr.invars)}
-            found = (producer, invars, frozenset(jaxpr.constvars))
-            self.indexes[id(jaxpr)] = found
-            self.indexes[-id(jaxpr)] = jaxpr  # keeps the id valid
-        return found
-
-    # -- lineage: which state input leaves each value depends on (bit masks) ------------------
-
-    def forward(
-        self, jaxpr: Any, in_masks: tuple[int, ...]
-    ) -> tuple[dict[Any, int], tuple[int, ...]]:
-        key = (id(jaxpr), in_masks)
-        found = self.forwards.get(key)
-        if found is not None:
-            return found
-        masks = {var: m for var, m in zip(jaxpr.invars, in_masks) if m}
-        get = masks.get
-        for eqn in jaxpr.eqns:
-            ins = tuple(0 if _is_literal(v) else get(v, 0) for v in eqn.invars)
-            if not any(ins):
-                continue
-            self.tick()
-            for var, m in zip(eqn.outvars, self.forward_eqn(eqn, ins)):
-                if m:
-                    masks[var] = m
-        outs = tuple(0 if _is_literal(v) else get(v, 0) for v in jaxpr.outvars)
-        self.forwards[key] = found = (masks, outs)
-        self.indexes[-id(jaxpr)] = jaxpr
-        return found
-
-    def forward_eqn(self, eqn: Any, ins: tuple[int, ...]) -> tuple[int, ...]:
-        name = eqn.primitive.name
-        params = eqn.params
-        if name == "cond":
-            outs = [0] * len(eqn.outvars)
-            for branch in params["branches"]:
-                branch_outs = self.forward(_open(branch), ins[1:])[1]
-                outs = [a | b for a, b in zip(outs, branch_outs)]
-            return tuple(outs)
-        if name in ("while", "scan"):
-            body, body_ins, carry = self.loop_body(eqn, ins)
-            outs = self.forward(body, body_ins)[1]
-            if name == "while":
-                return tuple(body_ins[carry.start :])
-            return tuple(body_ins[carry]) + outs[carry.stop - carry.start :]
-        sub = _call_jaxpr(eqn)
-        if sub is not None:
-            return self.forward(sub, ins)[1]
-        combined = 0
-        for m in ins:
-            combined |= m
-        return (combined,) * len(eqn.outvars)
-
-    def loop_body(self, eqn: Any, ins: tuple[int, ...]) -> tuple[Any, tuple[int, ...], slice]:
-        """A loop's body, the masks of its inputs (carries at their fixpoint), its carry slice."""
-        params = eqn.params
-        if eqn.primitive.name == "while":
-            body = _open(params["body_jaxpr"])
-            skip, consts = params["cond_nconsts"], params["body_nconsts"]
-            body_ins = list(ins[skip:])
-            carry = slice(consts, len(body_ins))
-        else:
-            body = _open(params["jaxpr"])
-            consts, count = params["num_consts"], params["num_carry"]
-            body_ins = list(ins)
-            carry = slice(consts, consts + count)
-        for _ in range(8):
-            outs = self.forward(body, tuple(body_ins))[1]
-            joined = [a | b for a, b in zip(body_ins[carry], outs)]
-            if joined == body_ins[carry]:
-                break
-            body_ins[carry] = joined
-        return body, tuple(body_ins), carry
-
-    def frame(
-        self, parent: _Frame, eqn: Any, jaxpr: Any, inputs: list[Any], blocked: frozenset[int]
-    ) -> _Frame:
-        key = (id(parent), id(eqn), id(jaxpr), hash(blocked))
-        found = self.frames.get(key)
-        if found is None:
-            ins = tuple(parent.mask(v) for v in eqn.invars)
-            if eqn.primitive.name in ("while", "scan"):
-                body_ins = self.loop_body(eqn, ins)[1]
-            elif eqn.primitive.name == "cond":
-                body_ins = ins[1:]
-            else:
-                body_ins = ins
-            masks = self.forward(jaxpr, body_ins)[0]
-            found = _Frame(jaxpr, parent, inputs, blocked, masks, self.index(jaxpr), eqn)
-            self.frames[key] = found
-        return found
+class _Search(Lineage):
+    """Backward walks from drifting outputs to where they left the input leaf's type."""
 
     # -- the backward walk ----------------------------------------------------------------------
 
     def locate(
         self,
-        frame: _Frame,
+        frame: Frame,
         atom: Any,
         departs: Callable[[Any], bool],
         invar: int | None,
-        consumer: tuple[Any, _Frame] | None = None,
+        consumer: tuple[Any, Frame] | None = None,
     ) -> _Found | None:
         """The equation that introduced the departure of `atom` (depth first, lineage first)."""
         bit = self.bits.get(invar, 0) if invar is not None else 0
@@ -546,7 +359,7 @@ class _Walker:
                 return item
             frame, atom, consumer = item
             self.tick()
-            if _is_literal(atom) or atom in frame.consts:
+            if is_literal(atom) or atom in frame.consts:
                 if consumer is not None:
                     return _Found(*consumer)
                 continue
@@ -569,7 +382,7 @@ class _Walker:
 
     def expand(
         self,
-        frame: _Frame,
+        frame: Frame,
         eqn: Any,
         k: int,
         atom: Any,
@@ -580,24 +393,17 @@ class _Walker:
     ) -> None:
         """Pushes what to look at next for output `k` of `eqn` (last pushed is looked at first)."""
         name = eqn.primitive.name
-        params = eqn.params
         if name == "cond":
-            for branch in reversed(params["branches"]):
-                jaxpr = _open(branch)
+            for jaxpr in reversed(cond_branches(eqn)):
                 inner = jaxpr.outvars[k]
                 if departs(inner.aval):
                     sub = self.frame(frame, eqn, jaxpr, eqn.invars[1:], frozenset())
                     stack.append((sub, inner, consumer))
             return
         if name in ("while", "scan"):
-            if name == "while":
-                skip, consts = params["cond_nconsts"], params["body_nconsts"]
-                body, inputs = _open(params["body_jaxpr"]), eqn.invars[skip:]
-                carries = len(eqn.outvars)
-            else:
-                skip, consts = 0, params["num_consts"]
-                body, inputs = _open(params["jaxpr"]), eqn.invars
-                carries = params["num_carry"]
+            layout = loop_layout(eqn)
+            body, inputs = layout.body, eqn.invars[layout.skip :]
+            consts, carries = layout.consts, layout.carries
             blocked = frozenset()
             inner = body.outvars[k]
             walk_body = departs(inner.aval)
@@ -610,7 +416,7 @@ class _Walker:
             if walk_body:
                 stack.append((self.frame(frame, eqn, body, inputs, blocked), inner, consumer))
             return
-        sub = _call_jaxpr(eqn)
+        sub = call_jaxpr(eqn)
         if sub is not None:
             inner = sub.outvars[k]
             stack.append((self.frame(frame, eqn, sub, eqn.invars, frozenset()), inner, consumer))
@@ -619,7 +425,7 @@ class _Walker:
 
     def expand_plain(
         self,
-        frame: _Frame,
+        frame: Frame,
         eqn: Any,
         atom: Any,
         departs: Callable[[Any], bool],
@@ -634,7 +440,7 @@ class _Walker:
             dtype = getattr(aval, "dtype", None)
             if dtype is None or not departs(aval):
                 continue
-            if (_category(dtype) != _category(out_dtype)) if conversion else dtype != out_dtype:
+            if (category(dtype) != category(out_dtype)) if conversion else dtype != out_dtype:
                 continue
             if not candidates or all(x is not c for c in candidates):
                 candidates.append(x)
@@ -649,7 +455,7 @@ class _Walker:
             candidates = sorted(strong or candidates, key=lambda x: self.constant(frame, x))
             # Newer JAX records Python-scalar literals as strong: a literal alone only
             # explains the conversion of a weak operand.
-            values = sum(1 for x in candidates if not _is_literal(x))
+            values = sum(1 for x in candidates if not is_literal(x))
             promoted = [
                 x
                 for x in candidates
@@ -657,7 +463,12 @@ class _Walker:
             ]
         else:
             promoted = []
-        if bit and frame.mask(atom) & bit:
+        if bit and not frame.mask(atom) & bit:
+            # The input leaf does not reach this value: the function replaced the leaf, and
+            # this is the equation that wrote the value returned in its place.
+            stack.append(_Found(eqn, frame, blame=(frame, *candidates), replaced=True))
+            return
+        if bit:
             others = tuple(x for x in candidates if not frame.mask(x) & bit)
             stack.append(_Found(eqn, frame, blame=(frame, *others) if others else ()))
             for x in reversed(candidates):
@@ -672,31 +483,71 @@ class _Walker:
             stack.append((frame, x, (eqn, frame)))
 
     @staticmethod
-    def constant(frame: _Frame, atom: Any) -> bool:
-        return _is_literal(atom) or atom in frame.consts
+    def constant(frame: Frame, atom: Any) -> bool:
+        return is_literal(atom) or atom in frame.consts
 
     @staticmethod
-    def converted(frame: _Frame, atom: Any, weak: bool = False) -> bool:
+    def converted(frame: Frame, atom: Any, weak: bool = False) -> bool:
         """Whether `atom` is a `convert_element_type` result (of a weak operand: `weak`)."""
-        produced = None if _is_literal(atom) else frame.producer.get(atom)
+        produced = None if is_literal(atom) else frame.producer.get(atom)
         if produced is None or produced[0].primitive.name != "convert_element_type":
             return False
         return not weak or bool(getattr(produced[0].invars[0].aval, "weak_type", False))
 
-    def argument(self, found: _Found) -> int | None:
-        """The top-level input the drift came from, if it came from one."""
-        if found.argument is not None or not found.blame:
-            return found.argument
+    def arguments(self, found: _Found) -> list[int]:
+        """The top-level inputs the drift came from, in the order the walk reaches them."""
+        if found.argument is not None:
+            return [found.argument]
+        if not found.blame:
+            return []
         frame, *atoms = found.blame
+        reached: list[int] = []
         for atom in atoms:
-            produced = None if _is_literal(atom) else frame.producer.get(atom)
+            produced = None if is_literal(atom) else frame.producer.get(atom)
             if produced is not None and produced[0].primitive.name == "convert_element_type":
                 atom = produced[0].invars[0]  # look through JAX's promotion of the operand
             dtype = getattr(getattr(atom, "aval", None), "dtype", None)
             if dtype is None:
                 continue
             same = lambda aval, dtype=dtype: getattr(aval, "dtype", None) == dtype  # noqa: E731
-            traced = self.locate(frame, atom, same, None, consumer=(found.eqn, found.frame))
-            if traced is not None and traced.argument is not None:
-                return traced.argument
-        return None
+            for position in self.reach(frame, atom, same):
+                if position not in reached:
+                    reached.append(position)
+        return reached
+
+    def reach(self, frame: Frame, atom: Any, same: Callable[[Any], bool]) -> list[int]:
+        """Every top-level input that `atom` depends on through values for which `same` holds."""
+        reached: list[int] = []
+        stack: list[tuple[Frame, Any]] = [(frame, atom)]
+        seen: set[tuple[int, Any]] = set()
+        while stack:
+            frame, atom = stack.pop()
+            self.tick()
+            if is_literal(atom) or atom in frame.consts or (id(frame), atom) in seen:
+                continue
+            seen.add((id(frame), atom))
+            position = frame.invars.get(atom)
+            if position is not None:
+                if frame.parent is None:
+                    reached.append(position)
+                elif position not in frame.blocked:
+                    stack.append((frame.parent, frame.inputs[position]))
+                continue
+            produced = frame.producer.get(atom)
+            if produced is None:
+                continue
+            eqn, k = produced
+            inner = self.inner(frame, eqn, k)
+            if inner is not None:
+                stack.extend(inner)
+                continue
+            stack.extend((frame, x) for x in reversed(eqn.invars) if same(getattr(x, "aval", None)))
+        return reached
+
+    def inner(self, frame: Frame, eqn: Any, k: int) -> list[tuple[Frame, Any]] | None:
+        """Where output `k` of a call, branch or loop equation comes from; None for others."""
+        stack: list[Any] = []
+        self.expand(frame, eqn, k, eqn.outvars[k], None, lambda aval: True, 0, stack)
+        if eqn.primitive.name not in ("cond", "while", "scan") and call_jaxpr(eqn) is None:
+            return None
+        return [(item[0], item[1]) for item in stack if isinstance(item, tuple)]

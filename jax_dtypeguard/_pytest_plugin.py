@@ -1,4 +1,7 @@
-"""pytest plugin: `--dtypeguard-strict` and `@pytest.mark.dtypeguard_strict`.
+"""pytest plugin: strict mode and guarded loops, for a session or one test.
+
+`--dtypeguard-strict` and `@pytest.mark.dtypeguard_strict`;
+`--dtypeguard-loops[=check|cast|warn]` and `@pytest.mark.dtypeguard_loops`.
 
 Registered through the `pytest11` entry point. It imports JAX only for tests
 that need it (strict mode, or a `parametrize_dtypes` sweep), so installing
@@ -9,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 _OPTION = "--dtypeguard-strict"
+_LOOPS_OPTION = "--dtypeguard-loops"
+_LOOPS_MARKER = "dtypeguard_loops"
 _STRICT_MARKER = "dtypeguard_strict"
 _X64_MARKER = "dtypeguard_x64"  # = jax_dtypeguard.testing.X64_MARKER, set by parametrize_dtypes
 _PREVIOUS_STRICT = pytest.StashKey[bool]()
@@ -26,6 +32,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="Run every test in jax_dtypeguard strict mode: each guard checks "
         "(weak_type included), whatever mode it was declared with; mode='off' stays off.",
+    )
+
+    group.addoption(
+        _LOOPS_OPTION,
+        nargs="?",
+        const="check",
+        default=None,
+        choices=("check", "cast", "warn"),
+        help="Guard every jax.lax loop and branch (and Equinox's while loop) that the "
+        "tests reach, library code included: jax_dtypeguard.guard_loops(mode) around "
+        "each test (default mode: check).",
     )
 
 
@@ -44,6 +61,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        f"{_LOOPS_MARKER}(mode='check', weak_type=False): run this test within "
+        "jax_dtypeguard.guard_loops: every jax.lax loop and branch it reaches is guarded.",
+    )
+    config.addinivalue_line(
+        "markers",
         f"{_X64_MARKER}(dtype): set by jax_dtypeguard.testing.parametrize_dtypes: "
         "x64 on for a 64-bit dtype (and float32+x64), the session's setting otherwise, "
         "fixtures included.",
@@ -58,10 +80,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         settings.update(strict=previous)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     if config.getoption(_OPTION):
-        return f"jax_dtypeguard strict mode: on ({_OPTION})"
-    return f"jax_dtypeguard strict mode: off (per test: @pytest.mark.{_STRICT_MARKER})"
+        lines = [f"jax_dtypeguard strict mode: on ({_OPTION})"]
+    else:
+        lines = [f"jax_dtypeguard strict mode: off (per test: @pytest.mark.{_STRICT_MARKER})"]
+    loops = config.getoption(_LOOPS_OPTION)
+    if loops is not None:
+        lines.append(f"jax_dtypeguard loops: guarded, mode={loops} ({_LOOPS_OPTION})")
+    return lines
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +97,9 @@ def _dtypeguard_scope(request: pytest.FixtureRequest) -> Iterator[None]:
     # --dtypeguard-strict is set session-wide in pytest_configure; the marker is per test.
     strict = request.node.get_closest_marker(_STRICT_MARKER)
     x64 = request.node.get_closest_marker(_X64_MARKER)
-    if strict is None and x64 is None:
+    loops = request.node.get_closest_marker(_LOOPS_MARKER)
+    session_loops = request.config.getoption(_LOOPS_OPTION)
+    if strict is None and x64 is None and loops is None and session_loops is None:
         yield
         return
     with contextlib.ExitStack() as scopes:
@@ -82,4 +111,10 @@ def _dtypeguard_scope(request: pytest.FixtureRequest) -> Iterator[None]:
             from .testing import x64_for
 
             scopes.enter_context(x64_for(*x64.args))
+        if loops is not None or session_loops is not None:
+            from ._loops import guard_loops
+
+            args: tuple[Any, ...] = loops.args if loops is not None else (session_loops,)
+            kwargs: dict[str, Any] = loops.kwargs if loops is not None else {}
+            scopes.enter_context(guard_loops(*args, **kwargs))
         yield

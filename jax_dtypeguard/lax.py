@@ -8,6 +8,7 @@ state.
 
 from __future__ import annotations
 
+import functools
 import types
 import weakref
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import jax
 
+from ._carry import Rule
 from ._config import effective, validate_mode
 from ._guard import Guard, guarded_callable
 from ._plan import CallPlan, StateParameter
@@ -43,8 +45,13 @@ def _guard(
     state_key: tuple[Any, ...],
     mode: str,
     out: int | None = None,
+    rule: Rule = "lax",
 ) -> Callable[..., Any]:
-    """`fn` guarded with `make_state(fn)` as its state: one cached wrapper per setting."""
+    """`fn` guarded with `make_state(fn)` as its state: one cached wrapper per setting.
+
+    `rule` is what JAX accepts of the body's output: a Python scalar for an
+    array leaf is cast in cast mode (reported in check mode), as `jax.lax` converts it.
+    """
     if mode == "off":
         return fn
     # The effective settings are part of the key: a new strict scope gets a new
@@ -56,14 +63,15 @@ def _guard(
     if not callable(fn):
         raise TypeError(f"{role} must be a function; got {type(fn).__name__} {fn!r:.80}.")
     plan = CallPlan.single(make_state(fn), out)
+    guard_for = functools.partial(Guard, fn, plan, mode=mode, rule=rule)
     if isinstance(fn, types.MethodType):  # a new object on each attribute access
-        return Guard(fn, plan, mode=mode).__call__  # type: ignore[arg-type]
+        return guard_for().__call__
     fn_id = id(fn)
     try:
         reference = weakref.ref(fn, lambda ref: _forget(fn_id, ref))
     except TypeError:  # not weakly referenceable: no caching
-        return Guard(fn, plan, mode=mode).__call__  # type: ignore[arg-type]
-    guard = Guard(fn, plan, mode=mode, hold_weakly=True)  # type: ignore[arg-type]
+        return guard_for().__call__
+    guard = guard_for(hold_weakly=True)
     guarded = guarded_callable(guard)
     if guard.annotations is not None:  # its checker holds `fn`: caching it would leak `fn`
         return guarded

@@ -5,14 +5,23 @@ Optax is an optional dependency: it is imported only by this module.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
+import warnings
 from typing import Any
 
+import jax
+import numpy as np
 import optax
 
-from ._config import validate_mode
+from ._call_site import written_argument
+from ._compat import Tracer, convert_element_type
+from ._config import effective, retracing, validate_mode
+from ._errors import Mismatch, StateDtypeError, StateDtypeWarning
 from ._guard import Guard
 from ._plan import CallPlan, StateParameter, describe_location
+from ._signature import LeafSignature, NotALeafError, category
 
 __all__ = ["invariant"]
 
@@ -33,17 +42,200 @@ def _as_transformation(tx: Any) -> optax.GradientTransformation:
     )
 
 
-def invariant(tx: Any, mode: str | None = "cast", updates: str | None = "check") -> Any:
+def _builder_name(update: Any) -> str:
+    """The function that built a transformation, from its `update`'s qualified name.
+
+    `chain.<locals>.update_fn` -> `chain`; `MultiSteps.update` -> `MultiSteps`.
+    """
+    name = describe_location(update)[0]
+    return name.split(".<locals>.", 1)[0] if ".<locals>." in name else name.rsplit(".", 1)[0]
+
+
+_ARRAYS = (jax.Array, Tracer, np.ndarray, np.generic)
+
+
+def _is_left_out(leaf: Any) -> bool:
+    return leaf is None or isinstance(leaf, optax.MaskedNode)
+
+
+@dataclasses.dataclass
+class _ParamsComparison:
+    """A tree (updates, or the params a line search tries) compared with the params."""
+
+    mismatches: list[Mismatch] = dataclasses.field(default_factory=list)
+    uncastable: list[Mismatch] = dataclasses.field(default_factory=list)
+    param_paths: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> param's
+    casts: dict[int, LeafSignature] = dataclasses.field(default_factory=dict)  # leaf -> target
+
+    def add(self, mismatch: Mismatch, param_path: str, castable: bool) -> None:
+        self.mismatches.append(mismatch)
+        self.param_paths[mismatch.path] = param_path
+        if not castable:
+            self.uncastable.append(mismatch)
+
+
+def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> _ParamsComparison:
+    """Each leaf of `tree` against its param's shape and dtype, where the param is an array.
+
+    `None` and `optax.MaskedNode` leaves (updates that `add_decayed_weights`
+    or `optax.masked` leave out) and leaves whose param is a Python scalar or
+    no array are not compared. A dtype change within a kind (float <-> float,
+    int <-> int, complex <-> complex) is castable; a shape or kind change is not.
+    """
+    comparison = _ParamsComparison()
+    entries, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_left_out)
+    try:
+        param_leaves = treedef.flatten_up_to(params)
+    except (ValueError, TypeError):
+        expected, got = jax.tree.structure(params), jax.tree.structure(tree)
+        comparison.add(Mismatch(root, "structure", str(expected), str(got)), "params", False)
+        return comparison
+    for index, ((path, leaf), param) in enumerate(zip(entries, param_leaves)):
+        if _is_left_out(leaf) or not isinstance(param, _ARRAYS) or not isinstance(leaf, _ARRAYS):
+            continue
+        try:
+            got, expected = LeafSignature.of(leaf), LeafSignature.of(param)
+        except NotALeafError:
+            continue
+        keypath = jax.tree_util.keystr(path)
+        path_here, param_path = root + keypath, "params" + keypath
+        found = []
+        if got.shape != expected.shape:
+            found.append((Mismatch(path_here, "shape", str(expected), str(got)), False))
+        if got.dtype != expected.dtype:
+            same_kind = category(got.dtype) == category(expected.dtype)
+            found.append((Mismatch(path_here, "dtype", str(expected), str(got)), same_kind))
+        if weak_type and got.weak_type != expected.weak_type:
+            found.append((Mismatch(path_here, "weak_type", str(expected), str(got)), True))
+        for mismatch, castable in found:
+            comparison.add(mismatch, param_path, castable and all(c for _, c in found))
+        if found and all(castable for _, castable in found):
+            weak = expected.weak_type if weak_type else got.weak_type
+            comparison.casts[index] = expected._replace(weak_type=weak)
+    return comparison
+
+
+def _cast_to_params(tree: Any, casts: dict[int, LeafSignature]) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_left_out)
+    for index, target in casts.items():
+        leaves[index] = convert_element_type(leaves[index], target.dtype, target.weak_type)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+class _ParamsGuard:
+    """The updates-vs-params half of `invariant`: its mode, and reports that name the fix."""
+
+    def __init__(self, mode: str | None, given: bool, name: str, location: str) -> None:
+        self.mode = mode
+        self.argument = "updates" if given else "mode"  # the argument that sets this mode
+        self.name = name
+        self.location = location
+
+    def settings(self) -> tuple[str, bool]:
+        """(mode, weak_type) now: weak_type is compared in strict mode only."""
+        return effective(self.mode, False)
+
+    def repair(
+        self, tree: Any, params: Any, root: str, what: str, remedy: str, explain: Any = None
+    ) -> Any:
+        """`tree` in the params' dtypes (cast mode), or the report of how it differs.
+
+        `what` completes the report's first line; `remedy` is the hint's other way out.
+        """
+        mode, weak_type = self.settings()
+        if mode == "off":
+            return tree
+        comparison = _compare_with_params(tree, params, root, weak_type)
+        if not comparison.mismatches:
+            return tree
+        reported = comparison.mismatches
+        if mode == "cast":
+            reported = comparison.uncastable
+            if not reported:
+                return _cast_to_params(tree, comparison.casts)
+        if explain is not None:
+            reported = explain(reported)
+        self.report(reported, comparison, mode, what, remedy)
+        return tree
+
+    def report(
+        self,
+        mismatches: list[Mismatch],
+        comparison: _ParamsComparison,
+        mode: str,
+        what: str,
+        remedy: str,
+    ) -> None:
+        count = f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"
+        lines = [f"{self.name} ({self.location}) {what} ({count}):"]
+        for mismatch in mismatches:
+            param = comparison.param_paths[mismatch.path]
+            line = f"  {mismatch.path}: {mismatch.got} but {param} is {mismatch.expected}"
+            if mismatch.origin is not None:
+                line += f"  ({mismatch.origin})"
+            lines.append(line)
+        lines.append(self.hint(mismatches, comparison, mode, remedy))
+        message = "\n".join(lines)
+        if mode == "warn":
+            if not retracing.get():
+                warnings.warn(StateDtypeWarning(message), stacklevel=6)
+            return
+        raise StateDtypeError(message, mismatches, self.name)
+
+    def hint(
+        self, mismatches: list[Mismatch], comparison: _ParamsComparison, mode: str, remedy: str
+    ) -> str:
+        rule = (
+            "an update keeps its param's shape, and a change of kind (int -> float) is never cast"
+        )
+        if mode == "cast":
+            return f"Hint: casting cannot fix these: {rule}."
+        if self.settings()[1]:  # strict mode
+            fix = (
+                "strict mode is on, so an update whose dtype differs from its param's fails "
+                f'even where {self.argument}="cast" would cast it'
+            )
+        else:
+            follows = ", which updates follows," if self.argument == "mode" else ""
+            fix = (
+                f'pass {self.argument}="cast" to invariant{follows} to cast to the params\' dtypes'
+            )
+        if any(m in comparison.uncastable for m in mismatches):
+            fix += f" ({rule})"
+        return f"Hint: {fix}, or {remedy}."
+
+
+def _value_fn_at_params_types(value_fn: Any, params: Any, guard: _ParamsGuard) -> Any:
+    """`value_fn`, called with params in `params`' dtypes (a line search promotes them)."""
+
+    @functools.wraps(value_fn)
+    def value_fn_at_params_types(trial: Any, *args: Any, **kwargs: Any) -> Any:
+        trial = guard.repair(
+            trial,
+            params,
+            "value_fn(params)",
+            "called value_fn with params of other types than update's params",
+            "make value_fn accept params of any float dtype",
+        )
+        return value_fn(trial, *args, **kwargs)
+
+    return value_fn_at_params_types
+
+
+def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) -> Any:
     """An Optax transformation whose `update` keeps the optimizer state's types.
 
     Each `update(updates, opt_state, params=None, **extra_args)` is guarded
     like a function decorated with `state_dtype_invariant`: the new
     `opt_state` is compared with the one given (structure, shape, dtype,
     weak_type), and, where `params` are given, each update with its param
-    (structure, shape, dtype). So `optax.lbfgs()` keeps float16 or bfloat16
-    state under a float64 `value`, runs inside `jax.lax.while_loop`, and a
-    jitted `update` compiles once. `jax_dtypeguard.strict()` turns both
-    guards into `"check"`.
+    (shape and dtype, where the param is an array). A `value_fn` among the
+    extra arguments (line searches) is called with params in the params'
+    dtypes. So `optax.adamw(1e-3)` keeps bfloat16 state and updates under
+    float32 grads, `optax.lbfgs()` keeps float16 or bfloat16 state under a
+    float64 `value` and runs inside `jax.lax.while_loop`, and a jitted
+    `update` compiles once. `jax_dtypeguard.strict()` turns every guard into
+    `"check"`.
 
     **Arguments:**
 
@@ -53,7 +245,9 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = "check")
       weak_type drift back; structure and shape drift still raise),
       `"check"`, `"warn"` or `"off"`; `None` uses `jax_dtypeguard.config.mode`.
     - `updates`: the same choice for updates whose dtype differs from their
-      param's (only when `params` are passed to `update`).
+      param's, and for the params a line search hands to `value_fn` (only
+      when `params` are passed to `update`); `None` (the default) means the
+      same as `mode`.
 
     **Returns:**
 
@@ -64,8 +258,9 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = "check")
     **Raises:**
 
     `TypeError` if `tx` is not a gradient transformation. Its `update`
-    raises `StateDtypeError`, naming the state's paths
-    (`opt_state[0].mu`, `updates['w']`), on drift its mode does not repair.
+    raises `StateDtypeError`, naming the optimizer as written
+    (`invariant(adamw)`) and the paths (`opt_state[0].mu`, `updates['w']`),
+    on drift its modes do not repair.
 
     !!! Example
         ```python
@@ -73,11 +268,11 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = "check")
         import optax
         from jax_dtypeguard.optax import invariant
 
-        tx = invariant(optax.adam(1e-3))
+        tx = invariant(optax.adamw(1e-3))
         params = jnp.ones(3, jnp.bfloat16)
         state = tx.init(params)
-        updates, new_state = tx.update(jnp.ones(3, jnp.bfloat16), state, params)
-        assert new_state[0].mu.dtype == jnp.bfloat16
+        updates, new_state = tx.update(jnp.ones(3, jnp.float32), state, params)
+        assert updates.dtype == new_state[0].mu.dtype == jnp.bfloat16
         ```
     """
     inner = _as_transformation(tx)
@@ -85,40 +280,60 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = "check")
         validate_mode(mode)
     if updates is not None:
         validate_mode(updates, "updates")
+    caller = inspect.currentframe()
+    written = written_argument(caller.f_back if caller is not None else None)
+    del caller
+    name = f"invariant({written[0] if written else _builder_name(inner.update)})"
+    location = written[1] if written else describe_location(inner.update)[1]
     state_guard = Guard(
         inner.update,
         CallPlan.single(StateParameter.argument("opt_state", 1, "state", None), out=1),
         mode=mode,  # type: ignore[arg-type]
         annotations=False,
+        title=(name, location),
     )
-
-    @functools.wraps(inner.update)
-    def guarded_update(*args: Any, **kwargs: Any) -> Any:
-        return state_guard(*args, **kwargs)
-
-    updates_guard = Guard(
-        guarded_update,
-        CallPlan.single(StateParameter.argument("updates", 2, "params", None), out=0),
-        mode=updates,  # type: ignore[arg-type]
-        weak_type=False,
-        annotations=False,
+    params_guard = _ParamsGuard(
+        updates if updates is not None else mode, updates is not None, name, location
     )
+    updates_parameter = StateParameter.argument("updates", 2, "params", None)
+
+    def guarded_update(grads: Any, state: Any, params: Any, extra_args: dict[str, Any]) -> Any:
+        if params is None:
+            return state_guard(grads, state, params, **extra_args)
+        value_fn = extra_args.get("value_fn")
+        if callable(value_fn) and params_guard.settings()[0] != "off":
+            value_fn = _value_fn_at_params_types(value_fn, params, params_guard)
+            extra_args = {**extra_args, "value_fn": value_fn}
+        new_updates, new_state = state_guard(grads, state, params, **extra_args)
+
+        def explain(mismatches: list[Mismatch]) -> list[Mismatch]:
+            from ._provenance import explain
+
+            args = (grads, state, params)
+            return explain(inner.update, updates_parameter, 0, args, extra_args, mismatches)
+
+        new_updates = params_guard.repair(
+            new_updates,
+            params,
+            "updates",
+            "returned updates whose types differ from the params'",
+            "compute the grads in the params' dtypes",
+            explain,
+        )
+        return new_updates, new_state
 
     if isinstance(inner, optax.GradientTransformationExtraArgs):
 
         def update_with_extra_args(
             updates: Any, state: Any, params: Any = None, **extra_args: Any
         ) -> tuple[Any, Any]:
-            guard = state_guard if params is None else updates_guard
-            return guard(updates, state, params, **extra_args)
+            return guarded_update(updates, state, params, extra_args)
 
-        name = describe_location(inner.update)[0]
-        update_with_extra_args.__qualname__ = f"invariant({name})"
+        update_with_extra_args.__qualname__ = name
         return optax.GradientTransformationExtraArgs(inner.init, update_with_extra_args)
 
     def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        guard = state_guard if params is None else updates_guard
-        return guard(updates, state, params)
+        return guarded_update(updates, state, params, {})
 
-    update.__qualname__ = f"invariant({describe_location(inner.update)[0]})"
+    update.__qualname__ = name
     return optax.GradientTransformation(inner.init, update)

@@ -3,10 +3,35 @@ import os
 # Several simulated CPU devices, for sharding tests; read when JAX's backend starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import jax
 import pytest
+from hypothesis import HealthCheck, settings
 
 from jax_dtypeguard._compat import enable_x64
+
+# Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (default "ci"). Property tests scale
+# their example counts from the profile's `max_examples` (see tests/test_properties.py).
+# - "ci": few examples, the same ones on every run (derandomized: a failure reproduces on
+#   any machine, with any xdist split), no deadline (a first call compiles, a shared CI
+#   machine stalls), and no example database written into the checkout.
+# - "explore": many random examples, remembered in the database; for hunting bugs locally:
+#   HYPOTHESIS_PROFILE=explore pytest tests/test_properties.py
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore",
+    max_examples=200,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(params=[False, True], ids=["x32", "x64"])
@@ -14,9 +39,3 @@ def x64(request):
     """Runs the test with x64 off, then on."""
     with enable_x64(request.param):
         yield request.param
-
-
-@pytest.fixture(autouse=True)
-def _fresh_jit_caches():
-    yield
-    jax.clear_caches()

@@ -55,12 +55,15 @@ def test_a_leaf_drifting_in_dtype_and_shape_gives_two_mismatches():
 
 
 def test_weak_type_drift_and_its_switch():
-    weak = jnp.asarray(1.0) * 1.0  # weakly typed
     strong = jnp.float32(1.0)
-    weak = jax.eval_shape(lambda: jnp.asarray(1.0))
-    assert weak.weak_type
-    assert kinds(compare_states(weak, strong, "s")) == [("s", "weak_type")]
-    assert compare_states(weak, strong, "s", weak_type=False).mismatches == ()
+    concrete = jnp.asarray(1.0) * 1.0  # a weakly typed array
+    abstract = jax.eval_shape(lambda: jnp.asarray(1.0))  # a weakly typed ShapeDtypeStruct
+    for weak in (concrete, abstract):
+        assert LeafSignature.of(weak).weak_type
+        assert kinds(compare_states(weak, strong, "s")) == [("s", "weak_type")]
+        assert kinds(compare_states(strong, weak, "s")) == [("s", "weak_type")]
+        assert compare_states(weak, strong, "s", weak_type=False).mismatches == ()
+        assert compare_states(weak, weak, "s").mismatches == ()
 
 
 def test_zero_then_none_is_a_structure_mismatch_naming_the_field():

@@ -57,3 +57,90 @@ def test_jit_cache_size_counts_compilations():
     assert _compat.jit_cache_size(f) == 1
     f(jnp.ones(3))
     assert _compat.jit_cache_size(f) == 2
+
+
+# --- jaxpr access for provenance: each fails loudly if JAX renames what it reads -------------
+
+
+def eqn_of(fn, *args, primitive):
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    [eqn] = [e for e in jaxpr.eqns if e.primitive.name == primitive]
+    return eqn
+
+
+def test_is_literal_tells_literals_from_variables():
+    eqn = eqn_of(lambda x: x + 1.0, jnp.ones(3), primitive="add")
+    assert [_compat.is_literal(atom) for atom in eqn.invars] == [False, True]
+
+
+def test_open_jaxpr_of_closed_and_open_jaxprs():
+    closed = jax.make_jaxpr(lambda x: x * 2)(1.0)
+    assert _compat.open_jaxpr(closed) is closed.jaxpr
+    assert _compat.open_jaxpr(closed.jaxpr) is closed.jaxpr
+    assert _compat.open_jaxpr(3) is None
+
+
+def test_call_jaxpr_params_name_jit_and_custom_jvp_bodies():
+    inner = jax.jit(lambda x: x * 2)
+    eqn = jax.make_jaxpr(lambda x: inner(x))(1.0).jaxpr.eqns[0]
+    assert any(name in eqn.params for name in _compat.CALL_JAXPR_PARAMS), eqn.params
+
+    @jax.custom_jvp
+    def f(x):
+        return x * 2
+
+    f.defjvp(lambda p, t: (f(*p), t[0]))
+    eqn = jax.make_jaxpr(f)(1.0).jaxpr.eqns[0]
+    assert any(name in eqn.params for name in _compat.CALL_JAXPR_PARAMS), eqn.params
+
+
+def test_cond_branches():
+    eqn = eqn_of(
+        lambda p, x: jax.lax.cond(p, lambda y: y + 1, lambda y: y * 2, x),
+        True,
+        1.0,
+        primitive="cond",
+    )
+    false, true = _compat.cond_branches(eqn)  # index 0 is the false branch
+    assert [e.primitive.name for e in false.eqns] == ["mul"]
+    assert [e.primitive.name for e in true.eqns] == ["add"]
+
+
+def test_while_loop_layout():
+    limit, step = jnp.float32(10), jnp.float32(2)
+    eqn = eqn_of(
+        lambda x, i: jax.lax.while_loop(
+            lambda c: c[0] < limit, lambda c: (c[0] * step, c[1] + 1), (x, i)
+        ),
+        jnp.float32(1),
+        jnp.int32(0),
+        primitive="while",
+    )
+    layout = _compat.loop_layout(eqn)
+    assert (layout.skip, layout.consts, layout.carries) == (1, 1, 2)
+    assert len(layout.body.invars) == len(eqn.invars) - layout.skip
+    assert [e.primitive.name for e in layout.body.eqns] == ["mul", "add"]
+
+
+def test_scan_layout():
+    scale = jnp.float32(3)
+    eqn = eqn_of(
+        lambda c, xs: jax.lax.scan(lambda c, x: (c * scale + x, c), c, xs),
+        jnp.float32(0),
+        jnp.ones(4),
+        primitive="scan",
+    )
+    layout = _compat.loop_layout(eqn)
+    assert (layout.skip, layout.consts, layout.carries) == (0, 1, 1)
+    assert len(layout.body.invars) == 3  # the constant, the carry, the slice
+
+
+def test_jaxtyping_shape_memo_accessor():
+    jaxtyping = pytest.importorskip("jaxtyping")
+    from jaxtyping import Array, Float
+
+    assert _compat.get_shape_memo is not None, "jaxtyping moved _storage.get_shape_memo"
+    with jaxtyping.jaxtyped("context"):
+        assert isinstance(jnp.zeros((2, 3)), Float[Array, "a b"])
+        single = _compat.get_shape_memo()[0]
+    assert single == {"a": 2, "b": 3}

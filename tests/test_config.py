@@ -396,3 +396,30 @@ def test_invalid_environment_fails_at_import_naming_the_variable(variable, value
     result = _python("from jax_dtypeguard import state_dtype_invariant", **{variable: value})
     assert result.returncode != 0
     assert f"ValueError: {message}" in result.stderr
+
+
+# --- guard_loops settings -------------------------------------------------------------------
+
+
+def test_loop_settings_follow_the_scope_and_strict_mode():
+    token = _config.loops_override.set(None)
+    try:
+        assert _config.loop_settings() == _config.loops_default
+        with dg.guard_loops(mode="cast", weak_type=True):
+            assert _config.loop_settings() == ("cast", True)
+            with dg.strict():
+                assert _config.loop_settings() == ("check", True)
+            with dg.guard_loops(mode="off"):
+                assert _config.loop_settings() is None
+    finally:
+        _config.loops_override.reset(token)
+
+
+def test_loops_environment_variable_is_validated(monkeypatch):
+    monkeypatch.setenv(_config.LOOPS_VARIABLE, " Cast ")
+    assert _config._loops_from_env() == ("cast", False)
+    monkeypatch.setenv(_config.LOOPS_VARIABLE, "off")
+    assert _config._loops_from_env() is None
+    monkeypatch.setenv(_config.LOOPS_VARIABLE, "sometimes")
+    with pytest.raises(ValueError, match="JAX_DTYPEGUARD_LOOPS='sometimes'"):
+        _config._loops_from_env()

@@ -153,3 +153,64 @@ def test_plain_pytest_run_does_not_import_jax(pytester):
     pytester.makepyfile(test_no_jax=NO_JAX)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+# --dtypeguard-loops and @pytest.mark.dtypeguard_loops: what a fori_loop whose
+# body widens its float16 carry gives in each test.
+LOOPS_PROBE = textwrap.dedent(
+    """
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    import jax_dtypeguard as dg
+
+    def outcome():
+        try:
+            x = jax.lax.fori_loop(0, 3, lambda i, x: x + jnp.float32(1), jnp.float16(0))
+        except dg.StateDtypeError:
+            return "report"
+        except TypeError:
+            return "jax-error"
+        return str(x.dtype)
+
+    def test_plain():
+        print(f"\\nPROBE plain {outcome()}")
+
+    @pytest.mark.dtypeguard_loops
+    def test_marked():
+        print(f"\\nPROBE marked {outcome()}")
+
+    @pytest.mark.dtypeguard_loops("cast")
+    def test_marked_cast():
+        print(f"\\nPROBE marked_cast {outcome()}")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "option, plain",
+    [
+        ((), "jax-error"),
+        (("--dtypeguard-loops",), "report"),
+        (("--dtypeguard-loops=cast",), "float16"),
+    ],
+)
+def test_loops_option_and_marker(pytester, option, plain):
+    pytester.makepyfile(test_loops_probe=LOOPS_PROBE)
+    result = pytester.runpytest_subprocess("-s", "--strict-markers", "-W", "error", *option)
+    result.assert_outcomes(passed=3, warnings=0)
+    assert probes(result) == [
+        "PROBE marked report",
+        "PROBE marked_cast float16",
+        f"PROBE plain {plain}",
+    ]
+    if option:
+        result.stdout.fnmatch_lines(["jax_dtypeguard loops: guarded, mode=* (--dtypeguard-loops)"])
+
+
+def test_loops_option_rejects_unknown_modes(pytester):
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess("--dtypeguard-loops=loud")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*--dtypeguard-loops: invalid choice: 'loud'*"])

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from jax_dtypeguard import StateDtypeError, state_dtype_invariant
@@ -131,7 +131,7 @@ def leaf_specs(pool: list[str], python_scalars: bool) -> st.SearchStrategy[Leaf]
     float0 = st.builds(
         Leaf, st.just("float0"), st.just("float0"), st.sampled_from(SHAPES), st.just(False), seeds
     )
-    options = [arrays, arrays, keys, float0]
+    options = [arrays, arrays, arrays, keys, float0]
     if python_scalars:
         python = st.sampled_from(list(PY_TYPES)).flatmap(
             lambda t: st.builds(
@@ -143,7 +143,8 @@ def leaf_specs(pool: list[str], python_scalars: bool) -> st.SearchStrategy[Leaf]
 
 
 def tree_specs(pool: list[str], python_scalars: bool = True) -> st.SearchStrategy[Any]:
-    base = st.one_of(leaf_specs(pool, python_scalars), st.just(Node("none")))
+    leaf = leaf_specs(pool, python_scalars)
+    base = st.one_of(leaf, leaf, leaf, st.just(Node("none")))  # None in one place of four
 
     def extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         lists = st.lists(children, max_size=3)
@@ -263,16 +264,16 @@ def mutate(draw, spec: Any, path: str, pool: list[str], weak_type: bool, allow_p
     """One random mutation of the node `spec` at `path`."""
     structure = frozenset({(path, "structure")})
     if isinstance(spec, Leaf):
-        options = ["to_none"]
+        # Type changes first: Hypothesis favours (and shrinks towards) the first option.
         if spec.kind == "array":
-            options += ["dtype", "weak", "shape", "dtype_shape"]
+            options = ["dtype", "weak", "dtype", "weak", "shape", "dtype_shape"]  # castable: 2/3
             if spec.shape == () and allow_python:
                 options.append("to_python")
         elif spec.kind == "python":
-            options += ["pytype", "to_array"]
+            options = ["pytype", "to_array"]
         else:
-            options += ["dtype", "shape"]
-        choice = draw(st.sampled_from(options))
+            options = ["dtype", "shape"]
+        choice = draw(st.sampled_from([*options, "to_none"]))
         if choice == "to_none":
             return Mutation(Node("none"), structure, False)
         if choice == "to_python":
@@ -364,12 +365,20 @@ def _replace_at(spec: Any, keys: tuple[Any, ...], new: Any) -> Any:
 def scenarios(draw, pool: list[str], python_scalars: bool = True):
     """(input spec, output spec, mutations by uid, expected pairs, weak_type)."""
     spec = draw(tree_specs(pool, python_scalars))
+    if not spec_leaves(spec):
+        # Leafless states can only drift in structure: keep one in four of them.
+        assume(draw(st.sampled_from([False, False, False, True])))
     weak_type = draw(st.booleans())
     nodes = list(nodes_with_paths(spec))
-    count = draw(st.integers(1, 3))
+    leaves = [node for node in nodes if isinstance(node[2], Leaf)]
+    containers = [node for node in nodes if not isinstance(node[2], Leaf)]
     chosen: list[tuple[tuple[Any, ...], str, Any]] = []
-    for index in draw(st.lists(st.integers(0, len(nodes) - 1), min_size=1, max_size=count)):
-        keys, path, node = nodes[index]
+    for _ in range(draw(st.sampled_from([1, 1, 2, 3]))):
+        # Mostly leaves (type drift), sometimes a container or None (structure drift):
+        # drawing among all nodes would favour the root, and so structure drift alone.
+        prefer_leaf = not containers or draw(st.sampled_from([True, True, True, False]))
+        group = leaves if leaves and prefer_leaf else containers
+        keys, path, node = group[draw(st.integers(0, len(group) - 1))]
         if any(keys[: len(k)] == k or k[: len(keys)] == keys for k, _, _ in chosen):
             continue  # keep mutated subtrees disjoint
         chosen.append((keys, path, node))
@@ -436,10 +445,10 @@ def _aval(x: Any) -> tuple[Any, ...]:
     return (tuple(aval.shape), aval.dtype, aval.weak_type)
 
 
-def run_check(spec_in, spec_out, mutations, weak_type, jit: bool) -> None:
+def run_check(spec_in, spec_out, mutations, weak_type, jit: bool, guard=state_dtype_invariant):
     state = build(spec_in, make_leaf)
     step = make_step(spec_in, spec_out)
-    guarded = state_dtype_invariant(step, mode="check", weak_type=weak_type)
+    guarded = guard(step, mode="check", weak_type=weak_type)
     call = jax.jit(guarded) if jit else guarded
     expected = expected_pairs(mutations)
     if not expected:
@@ -452,10 +461,10 @@ def run_check(spec_in, spec_out, mutations, weak_type, jit: bool) -> None:
     assert set(got) == expected
 
 
-def run_cast(spec_in, spec_out, mutations, weak_type, jit: bool) -> None:
+def run_cast(spec_in, spec_out, mutations, weak_type, jit: bool, guard=state_dtype_invariant):
     state = build(spec_in, make_leaf)
     step = make_step(spec_in, spec_out)
-    guarded = state_dtype_invariant(step, mode="cast", weak_type=weak_type)
+    guarded = guard(step, mode="cast", weak_type=weak_type)
     call = jax.jit(guarded) if jit else guarded
     # What no cast can fix; castable drift is not listed, even beside a structure change.
     uncastable = expected_pairs([m for m in mutations if not m.castable])
@@ -496,13 +505,16 @@ def run_cast(spec_in, spec_out, mutations, weak_type, jit: bool) -> None:
                 assert b is a
 
 
+# Example counts scale with the Hypothesis profile tests/conftest.py loads ("ci": 25).
+EXAMPLES = settings.default.max_examples
 PROFILE = settings(
-    max_examples=30,
-    deadline=None,
+    max_examples=EXAMPLES,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-JIT_PROFILE = settings(PROFILE, max_examples=10)
-SLOW_PROFILE = settings(PROFILE, max_examples=400)
+JIT_PROFILE = settings(PROFILE, max_examples=max(1, EXAMPLES // 3))  # each example compiles
+SMALL_PROFILE = settings(PROFILE, max_examples=max(1, EXAMPLES * 2 // 3))
+# "ci": 200 examples, with as many cast-restoring ones as 400 gave when mutations hit the root.
+SLOW_PROFILE = settings(PROFILE, max_examples=EXAMPLES * 8)
 
 
 @PROFILE
@@ -533,6 +545,34 @@ def test_cast_mode_under_jit(x64, data):
     run_cast(spec_in, spec_out, mutations, weak_type, jit=True)
 
 
+def _blind_guard(step, mode, weak_type):
+    """A broken guard: it never looks (mode "off"), whatever mode it is asked for."""
+    return state_dtype_invariant(step, mode="off", weak_type=weak_type)
+
+
+def _weak_blind_guard(step, mode, weak_type):
+    """A broken guard: it ignores weak-type drift even when asked to report it."""
+    return state_dtype_invariant(step, mode=mode, weak_type=False)
+
+
+@pytest.mark.parametrize("run", [run_check, run_cast], ids=["check", "cast"])
+@pytest.mark.parametrize("guard", [_blind_guard, _weak_blind_guard], ids=["blind", "weak-blind"])
+def test_the_properties_catch_a_broken_guard(run, guard):
+    """The search and the oracle together can fail: they find a broken guard's bug
+    within the profile's examples (without this, a vacuous oracle would pass too)."""
+
+    # Weak-type drift is the rarest kind drawn: more examples; the search stops at the
+    # first failure, and skips shrinking it.
+    @settings(PROFILE, max_examples=EXAMPLES * 4, phases=[Phase.generate])
+    @given(data=st.data())
+    def prop(data):
+        spec_in, spec_out, mutations, weak_type = data.draw(scenarios(dtype_pool(False)))
+        run(spec_in, spec_out, mutations, weak_type, jit=False, guard=guard)
+
+    with pytest.raises((AssertionError, pytest.fail.Exception, StateDtypeError)):
+        prop()
+
+
 @pytest.mark.slow
 @SLOW_PROFILE
 @given(data=st.data())
@@ -542,7 +582,7 @@ def test_many_examples_check_and_cast(x64, data):
     run_cast(spec_in, spec_out, mutations, weak_type, jit=False)
 
 
-@settings(PROFILE, max_examples=20)
+@SMALL_PROFILE
 @given(data=st.data())
 def test_unchanged_state_always_passes(x64, data):
     spec = data.draw(tree_specs(dtype_pool(x64)))
@@ -552,7 +592,7 @@ def test_unchanged_state_always_passes(x64, data):
         assert result is state
 
 
-@settings(PROFILE, max_examples=20)
+@SMALL_PROFILE
 @given(data=st.data())
 def test_rebuilt_state_of_equal_types_passes(data):
     """Fresh arrays of the same types (not the same objects) are no drift."""

@@ -275,6 +275,57 @@ def test_optax_adam_mu_points_into_the_moment_update():
     ), lines
 
 
+def test_optax_lbfgs_weak_flip_points_into_the_line_search_not_the_loss():
+    # The input leaf never reaches the output: the line search writes a fresh strong value
+    # into `info.decrease_error`. The loss (value_fn) shares the operations that made it.
+    optax = pytest.importorskip("optax")
+    tx = optax.lbfgs()
+    params = jnp.zeros(3)
+
+    def my_loss(p):
+        return jnp.sum((p - 3.0) ** 2) + jnp.zeros(())  # the loss
+
+    value, grad = jax.value_and_grad(my_loss)(params)
+    update = state_dtype_invariant(tx.update, state="state", out=1)
+    error, found = origins(
+        update, grad, tx.init(params), params, value=value, grad=grad, value_fn=my_loss
+    )
+    by_path = dict(zip([m.path for m in error.mismatches], found))
+    origin = by_path["state[2].info.decrease_error"]
+    assert origin.file.startswith("optax" + os.sep), origin
+    assert "linesearch" in origin.file, origin
+    assert "decrease_error" in origin.function, origin
+    assert origin.argument is None  # made of every argument: none is named
+    assert all(o.line != line_of("the loss") for o in found if o is not None)
+
+
+def test_a_replaced_leaf_names_the_argument_at_its_own_keypath():
+    @state_dtype_invariant
+    def step(state, grads):
+        flat = jnp.concatenate([grads["b"], grads["w"].ravel()])  # shared by every leaf
+        return {"b": flat[:3], "w": flat[3:].reshape(4, 3)}
+
+    state = {"b": jnp.ones(3, jnp.bfloat16), "w": jnp.ones((4, 3), jnp.bfloat16)}
+    grads = jax.tree.map(lambda x: x.astype(jnp.float32), state)
+    error, found = origins(step, state, grads)
+    assert [m.path for m in error.mismatches] == ["state['b']", "state['w']"]
+    assert [o.argument for o in found] == ["grads['b']", "grads['w']"]
+
+
+def test_optax_flatten_names_each_updates_own_leaf():
+    optax = pytest.importorskip("optax")
+    from jax_dtypeguard.optax import invariant
+
+    params = {"b": jnp.ones(3, jnp.bfloat16), "w": jnp.ones((4, 3), jnp.bfloat16)}
+    grads = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    tx = invariant(optax.flatten(optax.sgd(1.0)), updates="check")
+    error, found = origins(tx.update, grads, tx.init(params), params)
+    assert [(m.path, o.argument) for m, o in zip(error.mismatches, found)] == [
+        ("updates['b']", "updates['b']"),
+        ("updates['w']", "updates['w']"),
+    ]
+
+
 # Cost and robustness -------------------------------------------------------------------------
 
 

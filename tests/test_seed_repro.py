@@ -139,14 +139,20 @@ def test_drift_is_caught_under_each_transformation(transform, x64):
     runs = {
         "jit": lambda g: jax.jit(g)(s),
         "vmap": lambda g: jax.vmap(g)(s),
-        "grad": lambda g: jax.grad(lambda x: g(x).astype(jnp.float32).sum())(s),
-        "jvp": lambda g: jax.jvp(g, (s,), (s,)),
+        "grad": lambda g: jax.grad(lambda x: (g(x).astype(jnp.float32).sum(), g(x)), has_aux=True)(
+            s
+        )[1],
+        "jvp": lambda g: jax.jvp(g, (s,), (s,))[0],
         "remat": lambda g: jax.checkpoint(g)(s),
-        "scan": lambda g: jax.lax.scan(lambda c, _: (g(c), None), s, length=2),
+        "scan": lambda g: jax.lax.scan(lambda c, _: (g(c), None), s, length=2)[0],
         "cond": lambda g: jax.lax.cond(True, g, lambda x: x, s),
         "switch": lambda g: jax.lax.switch(0, [g, lambda x: x], s),
         "fori_loop": lambda g: jax.lax.fori_loop(0, 2, lambda i, c: g(c), s),
     }
     with pytest.raises(StateDtypeError, match=r"s: float16\[(2)?\] -> float32"):
         runs[transform](guarded)
-    runs[transform](cast)
+    out = runs[transform](cast)
+    assert out.dtype == jnp.float16
+    assert jnp.allclose(
+        out.astype(jnp.float32), 2.0 ** (2 if transform in ("scan", "fori_loop") else 1)
+    )

@@ -1,0 +1,587 @@
+"""`guard_loops`: guard the loops and branches of code you did not write.
+
+Within a scope, `jax.lax.while_loop`, `fori_loop`, `scan`, `cond` and
+`switch` (the attributes of the `jax.lax` module, which library code looks up
+when it calls them) and Equinox's internal while loop guard their bodies and
+branches. With the default `weak_type=False` only what JAX or Equinox rejects
+is drift, and `jax.lax`'s loops and branches run untouched: only when JAX
+rejects a carry or a branch are they traced again, guarded, to say where and
+(cast mode) to repair it. So a program whose loops hold traces to the same
+jaxpr inside the scope as outside it, at the cost of a lookup per loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import os
+import site
+import sys
+import sysconfig
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import _config
+from ._carry import Rule, accepted_scalars, carry_verdict
+from ._cast import cast_back
+from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
+from ._plan import describe_location, parameter_name
+from ._signature import LeafSignature, NotALeafError
+
+_tree = jax.tree_util
+_NO_OPERAND = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Form:
+    """A `jax.lax` loop: which argument is its body, where the carry is in and out of it."""
+
+    body: str
+    position: int
+    out: int | None
+
+
+_LOOPS = {
+    "while_loop": _Form("body_fun", 0, None),
+    "fori_loop": _Form("body_fun", 1, None),
+    "scan": _Form("f", 0, 0),
+}
+_BRANCHES = ("cond", "switch")
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """Where a body's state is among its arguments (as the provenance walk reads it)."""
+
+    name: str
+    position: int | None
+    keyword: str | None = None
+
+    def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+        if self.position is None:
+            return True, tuple(args)
+        if len(args) > self.position:
+            return True, args[self.position]
+        return False, None
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+
+
+@functools.cache
+def _foreign_directories() -> tuple[str, ...]:
+    """Directories whose frames are not the user's: installed packages, stdlib, JAX, this one."""
+    paths = sysconfig.get_paths()
+    found = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    found.update(site.getsitepackages())
+    found.add(os.path.dirname(os.path.abspath(__file__)))
+    found.add(os.path.dirname(os.path.abspath(str(jax.__file__))))
+    return tuple(os.path.join(os.path.abspath(p), "") for p in found)
+
+
+def _call_site() -> str | None:
+    """The innermost frame on the stack outside installed packages, JAX and this library."""
+    frame = sys._getframe(1)
+    foreign = _foreign_directories()
+    while frame is not None:
+        file = frame.f_code.co_filename
+        if not file.startswith("<frozen") and not os.path.abspath(file).startswith(foreign):
+            return f"{short_path(file)}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return None
+
+
+def _message(
+    header: str | None,
+    fn: Callable[..., Any],
+    state_name: str,
+    mismatches: list[Mismatch],
+    mode: str,
+    form: str,
+    scalars: list[str],
+) -> str:
+    name, location = describe_location(fn)
+    strict = mode == "check" and _config.config.strict
+    lines = format_report(name, location, state_name, mismatches, mode, strict).split("\n")
+    if header is not None:
+        lines[0] = header
+    site_text = _call_site()
+    where = f"In jax.lax.{form}" if form in _LOOPS or form in _BRANCHES else f"In {form}"
+    where += f", reached from {site_text}." if site_text else "."
+    lines.insert(len(lines) - 1, where)
+    if scalars:
+        lines.insert(
+            len(lines) - 1,
+            f"Python scalars where the carry holds arrays ({', '.join(scalars)}): the loop "
+            "accepts them, but return arrays of the carry's types (`jnp.asarray(value, "
+            'dtype)`), or use mode="cast", which converts them.',
+        )
+    return "\n".join(lines)
+
+
+def _raise_or_warn(message: str, mismatches: list[Mismatch], fn: Callable[..., Any], mode: str):
+    if mode == "warn":
+        if not _config.retracing.get():
+            warnings.warn(StateDtypeWarning(message), stacklevel=4)
+        return
+    raise StateDtypeError(message, mismatches, describe_location(fn)[0])
+
+
+def _explain(
+    fn: Callable[..., Any], state: _State, out: int | None, args: tuple[Any, ...], found: Any
+) -> list[Mismatch]:
+    from ._provenance import explain
+
+    return explain(fn, state, out, args, {}, list(found))
+
+
+# --------------------------------------------------------------------------------------------
+# Bodies
+
+
+class _CarryGuard:
+    """A loop body that compares its carry out with its carry in, under the loop's rule."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        position: int,
+        out: int | None,
+        settings: _config.LoopSettings,
+        rule: Rule,
+        form: str,
+    ) -> None:
+        self.fn, self.out, self.settings, self.form = fn, out, settings, form
+        self.rule: Rule = rule
+        self.state = _State(parameter_name(fn, position, "carry"), position)
+        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+            value = getattr(fn, attribute, None)
+            if isinstance(value, str):
+                setattr(self, attribute, value)
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:
+        return self.fn
+
+    def __call__(self, *args: Any) -> Any:
+        result = self.fn(*args)
+        state_in = args[self.state.position or 0]
+        state_out = result if self.out is None else result[self.out]
+        mode, weak_type = self.settings
+        verdict = carry_verdict(state_in, state_out, self.state.name, self.rule, weak_type)
+        if not verdict.mismatches:
+            return result
+        found = list(verdict.mismatches)
+        if mode == "cast":
+            if verdict.castable and not verdict.uncastable:
+                state_out = cast_back(state_out, verdict.castable)
+                result = _replace(result, self.out, state_out)
+            found = list(verdict.uncastable)
+        if found:
+            scalars = [
+                self.state.name + p for p in accepted_scalars(state_in, state_out, self.rule)
+            ]
+            found = _explain(self.fn, self.state, self.out, args, found)
+            text = _message(None, self.fn, self.state.name, found, mode, self.form, scalars)
+            _raise_or_warn(text, found, self.fn, mode)
+        return result
+
+
+def _replace(result: Any, out: int | None, state_out: Any) -> Any:
+    if out is None:
+        return state_out
+    items = list(result)
+    items[out] = state_out
+    if isinstance(result, list):
+        return items
+    return type(result)(*items) if hasattr(result, "_fields") else type(result)(items)
+
+
+def _already_guarded(fn: Any) -> bool:
+    """A `dg.lax` body, a decorated function, or one of this hook's guards."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return isinstance(fn, _CarryGuard) or any(
+        hasattr(fn, attribute) for attribute in ("__dtypeguard__", "_guard", _EQUINOX_MARK)
+    )
+
+
+def _loop(name: str, original: Callable[..., Any], settings: Any, args: Any, kwargs: Any) -> Any:
+    form = _LOOPS[name]
+    try:
+        bound = inspect.signature(original).bind(*args, **kwargs)
+    except TypeError:
+        return original(*args, **kwargs)  # JAX's own error for a bad call
+    body = bound.arguments[form.body]
+    if _already_guarded(body) or not callable(body):
+        return original(*args, **kwargs)
+    jax_error: Exception | None = None
+    if not settings.weak_type:
+        try:
+            return original(*args, **kwargs)
+        except StateDtypeError:
+            raise
+        except TypeError as error:
+            jax_error = error
+    bound.arguments[form.body] = _CarryGuard(body, form.position, form.out, settings, "lax", name)
+    try:
+        return original(*bound.args, **bound.kwargs)
+    except StateDtypeError:
+        raise
+    except Exception:
+        if jax_error is None:
+            raise
+    raise jax_error  # what JAX rejected is nothing the guard can name: JAX's own error
+
+
+# --------------------------------------------------------------------------------------------
+# Branches
+
+
+class _Recorded:
+    """A branch that keeps its arguments and output (the last trace's)."""
+
+    def __init__(self, fn: Callable[..., Any], casts: tuple[Any, ...] = ()) -> None:
+        self.fn, self.args, self.output, self.traced = fn, (), None, False
+        self.casts = casts
+
+    def __call__(self, *args: Any) -> Any:
+        output = self.fn(*args)
+        self.args, self.output, self.traced = args, output, True
+        return cast_back(output, self.casts) if self.casts else output
+
+
+def _branch_parts(name: str, original: Callable[..., Any], args: Any, kwargs: Any):
+    arguments = inspect.signature(original).bind(*args, **kwargs).arguments
+    operands = tuple(arguments.get("operands", ()))
+    if "operand" in arguments:
+        operands = operands or (arguments["operand"],)
+    if name == "cond":
+        return arguments["pred"], [arguments["true_fun"], arguments["false_fun"]], operands
+    return arguments["index"], list(arguments["branches"]), operands
+
+
+def _call_branches(name: str, original: Any, selector: Any, fns: list[Any], operands: Any) -> Any:
+    if name == "cond":
+        return original(selector, *fns, *operands)
+    return original(selector, fns, *operands)
+
+
+def _branch_names(name: str, count: int) -> list[str]:
+    return ["true_fun", "false_fun"] if name == "cond" else [f"branches[{i}]" for i in range(count)]
+
+
+def _narrowest(outputs: list[Any]) -> Any:
+    """Per leaf, the dtype every branch's dtype promotes from (a promotion widens), else None."""
+    trees = [_tree.tree_structure(output) for output in outputs]
+    if any(tree != trees[0] for tree in trees):
+        return None
+    columns = zip(*(_tree.tree_leaves(output) for output in outputs))
+    target = []
+    for column in columns:
+        signatures = [LeafSignature.of(leaf) for leaf in column]
+        if any(s.shape != signatures[0].shape for s in signatures):
+            return None
+        bottom = [
+            s
+            for s in signatures
+            if all(jnp.promote_types(s.dtype, o.dtype) == o.dtype for o in signatures)
+        ]
+        if not bottom:
+            return None
+        target.append(jax.ShapeDtypeStruct(bottom[0].shape, bottom[0].dtype))
+    return _tree.tree_unflatten(trees[0], target)
+
+
+def _compare_branches(records: list[_Recorded], operands: Any, settings: Any):
+    """(index of the branch that keeps the operands' types, the types to compare with,
+    [(branch index, verdict)] of the branches that differ from them, root name)."""
+    state = operands[0] if len(operands) == 1 else tuple(operands)
+    root = parameter_name(records[0].fn, 0, "operand") if len(operands) == 1 else "operands"
+    keeps = [
+        i
+        for i, record in enumerate(records)
+        if not carry_verdict(state, record.output, root, "branches", False).mismatches
+    ]
+    reference = keeps[0] if keeps else None
+    if reference is not None:
+        target = records[reference].output
+    else:
+        root = "output"
+        try:
+            target = _narrowest([record.output for record in records])
+        except NotALeafError:
+            target = None
+    disagreeing = []
+    for i, record in enumerate(records):
+        base = records[0].output if target is None else target
+        verdict = carry_verdict(base, record.output, root, "branches", settings.weak_type)
+        if verdict.mismatches:
+            disagreeing.append((i, verdict))
+    return reference, target, disagreeing, root
+
+
+def _branches(name: str, original: Any, settings: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        selector, fns, operands = _branch_parts(name, original, args, kwargs)
+    except (TypeError, KeyError):
+        return original(*args, **kwargs)
+    if not operands or any(_already_guarded(fn) or not callable(fn) for fn in fns):
+        return original(*args, **kwargs)
+    jax_error: Exception | None = None
+    if not settings.weak_type:
+        try:
+            return original(*args, **kwargs)
+        except StateDtypeError:
+            raise
+        except TypeError as error:
+            jax_error = error
+    records = [_Recorded(fn) for fn in fns]
+    try:
+        result = _call_branches(name, original, selector, records, operands)
+    except StateDtypeError:
+        raise
+    except Exception as error:
+        jax_error, result = jax_error or error, None
+    if not all(record.traced for record in records):
+        if jax_error is None:
+            return result
+        raise jax_error
+    reference, target, disagreeing, root = _compare_branches(records, operands, settings)
+    if not disagreeing:
+        if jax_error is not None:
+            raise jax_error
+        return result
+    mode = settings.mode
+    names = _branch_names(name, len(fns))
+    castable = all(v.castable and not v.uncastable for _, v in disagreeing)
+    if mode == "cast" and castable and target is not None:
+        # New functions: JAX caches traced branches by the function's identity.
+        casts = {i: verdict.castable for i, verdict in disagreeing}
+        fixed = [_Recorded(fn, casts.get(i, ())) for i, fn in enumerate(fns)]
+        return _call_branches(name, original, selector, fixed, operands)
+    _report_branches(name, records, names, reference, target, disagreeing, root, operands, mode)
+    if jax_error is not None:
+        raise jax_error
+    return result
+
+
+def _report_branches(
+    name, records, names, reference, target, disagreeing, root, operands, mode
+) -> None:
+    if reference is not None:
+        base_name, base_location = describe_location(records[reference].fn)
+        other = f"{names[reference]} {base_name} ({base_location}), which keeps the operands' types"
+    elif target is not None:
+        other = "the narrowest types the branches return (the others are promotions)"
+    else:
+        base_name, base_location = describe_location(records[0].fn)
+        other = f"{names[0]} {base_name} ({base_location})"
+    texts, found = [], []
+    state = _State(root, 0 if len(operands) == 1 else None)
+    for i, verdict in disagreeing:
+        fn = records[i].fn
+        mismatches = list(verdict.mismatches)
+        if reference is not None:
+            mismatches = _explain(fn, state, None, records[i].args, mismatches)
+        fn_name, location = describe_location(fn)
+        header = (
+            f"{names[i]} {fn_name} ({location}) returns other types than {other} "
+            f"({len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}):"
+        )
+        texts.append(_message(header, fn, root, mismatches, mode, name, []))
+        found += mismatches
+    if mode == "cast" and target is None:
+        texts.append(
+            "No branch keeps the operands' types and no dtype is the narrowest of the "
+            "branches', so cast mode cannot choose the types to cast to: make the branches "
+            "return one type."
+        )
+    _raise_or_warn("\n".join(texts), found, records[disagreeing[0][0]].fn, mode)
+
+
+# --------------------------------------------------------------------------------------------
+# Equinox's internal while loop
+
+
+def _equinox_rewrite(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Equinox's `common_rewrite`, whose `body_fun` is guarded (its carry is Equinox's own)."""
+
+    @functools.wraps(original)
+    def common_rewrite(cond_fun, body_fun, init_val, *args, **kwargs):
+        settings = _config.loop_settings()
+        if settings is not None and callable(body_fun) and not _already_guarded(body_fun):
+            body_fun = _CarryGuard(
+                body_fun, 0, None, settings, "equinox", "equinox.internal.while_loop"
+            )
+        rewritten = original(cond_fun, body_fun, init_val, *args, **kwargs)
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(rewritten[1], _EQUINOX_MARK, True)
+        return rewritten
+
+    common_rewrite.__dtypeguard_hook__ = original  # type: ignore[attr-defined]
+    return common_rewrite
+
+
+# Set on Equinox's rewritten bodies: the user's body inside is guarded already, so the
+# `jax.lax` loop Equinox hands them to is not guarded again.
+_EQUINOX_MARK = "__dtypeguard_equinox__"
+_EQUINOX_MODULES = ("loop", "bounded", "checkpointed")
+
+
+def _patch_equinox(install: bool) -> None:
+    common = sys.modules.get("equinox.internal._loop.common")
+    if common is None:
+        return
+    original = getattr(common, "common_rewrite", None)
+    for suffix in _EQUINOX_MODULES:
+        module = sys.modules.get(f"equinox.internal._loop.{suffix}")
+        current = getattr(module, "common_rewrite", None)
+        if module is None or current is None:
+            continue
+        hooked = getattr(current, "__dtypeguard_hook__", None)
+        if install and hooked is None and current is original:
+            module.common_rewrite = _equinox_rewrite(current)  # type: ignore[attr-defined]
+        elif not install and hooked is not None:
+            module.common_rewrite = hooked  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------------------------
+# The hook on `jax.lax`
+
+
+def _hook(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    handle = _loop if name in _LOOPS else _branches
+
+    @functools.wraps(original)
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        settings = _config.loop_settings()
+        if settings is None:
+            return original(*args, **kwargs)
+        if not _equinox_patched[0] and "equinox.internal._loop.common" in sys.modules:
+            _patch_equinox(True)
+            _equinox_patched[0] = True
+        return handle(name, original, settings, args, kwargs)
+
+    hooked.__dtypeguard_hook__ = original  # type: ignore[attr-defined]
+    return hooked
+
+
+_equinox_patched = [False]
+_lock = threading.Lock()
+_users = [0]
+
+
+def install() -> None:
+    """Puts the hook on `jax.lax`'s loops and branches (and Equinox's loop, if imported)."""
+    with _lock:
+        _users[0] += 1
+        if _users[0] > 1:
+            return
+        for name in (*_LOOPS, *_BRANCHES):
+            current = getattr(jax.lax, name)
+            if getattr(current, "__dtypeguard_hook__", None) is None:
+                setattr(jax.lax, name, _hook(name, current))
+        if "equinox.internal._loop.common" in sys.modules:
+            _patch_equinox(True)
+            _equinox_patched[0] = True
+
+
+def uninstall() -> None:
+    """Takes the hook off again when the last scope that needed it ends."""
+    with _lock:
+        _users[0] -= 1
+        if _users[0] > 0:
+            return
+        for name in (*_LOOPS, *_BRANCHES):
+            current = getattr(jax.lax, name)
+            original = getattr(current, "__dtypeguard_hook__", None)
+            if original is not None:
+                setattr(jax.lax, name, original)
+        _patch_equinox(False)
+        _equinox_patched[0] = False
+
+
+class guard_loops(contextlib.ContextDecorator):
+    """Guards every loop and branch called through `jax.lax` within the block.
+
+    Within the scope (a `with` block, or a function decorated with it) every
+    `jax.lax.while_loop`, `fori_loop`, `scan`, `cond` and `switch` that any
+    code calls, library code included, and Equinox's internal while loop
+    (which Optimistix and Diffrax use) is guarded as `jax_dtypeguard.lax`
+    guards it: a body or branch that changes the carry's (or the other
+    branches') types is reported as a `StateDtypeError` naming the function
+    (even inside a library), each leaf path, where the drift was introduced
+    and your call site that led there.
+
+    By default only what JAX or Equinox would reject is drift (dtype, shape,
+    structure, sharding): a Python scalar the loop accepts, or a weak carry
+    made strong, is left alone, and a program whose loops hold traces to the
+    same jaxpr as without the scope. The scope is a context variable: other
+    threads and asyncio tasks are unaffected; scopes nest. Each loop is
+    guarded once: `jax_dtypeguard.lax` forms and decorated bodies are left to
+    their own guards.
+
+    Only calls that look `while_loop` (etc.) up on the `jax.lax` module are
+    reached: code that ran `from jax.lax import while_loop` holds JAX's own
+    function and is not guarded. Equinox's loop is reached once Equinox is
+    imported.
+
+    **Arguments:**
+
+    - `mode`: `"check"` (raise `StateDtypeError`), `"cast"` (cast dtype
+      drift back to the carry's types, or a disagreeing branch to the types
+      of the branch that keeps the operands' types; raise the rest), `"warn"`
+      (emit a `StateDtypeWarning`, then let JAX or Equinox do what it does),
+      or `"off"` (no guard within the block). Strict mode turns cast and
+      warn into check.
+    - `weak_type`: also report a weak carry that its body makes strong (JAX
+      accepts it silently) and a Python scalar returned for an array carry.
+
+    **Returns:**
+
+    A context manager, also usable as a decorator.
+
+    !!! Example
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import jax_dtypeguard as dg
+
+        def widen(i, x):
+            return x + jnp.float32(1)  # float16 + float32 -> float32
+
+        with dg.guard_loops(mode="cast"):
+            x = jax.lax.fori_loop(0, 3, widen, jnp.float16(0))
+        assert x.dtype == jnp.float16
+        ```
+    """
+
+    def __init__(self, mode: str = "check", weak_type: bool = False) -> None:
+        _config.validate_mode(mode)
+        if not isinstance(weak_type, bool):
+            raise TypeError(f"weak_type must be True or False; got {weak_type!r}.")
+        self.settings = _config.LoopSettings(mode, weak_type)
+        self._tokens: list[Any] = []
+
+    def _recreate_cm(self) -> guard_loops:  # a fresh scope per decorated call (threads)
+        return guard_loops(*self.settings)
+
+    def __enter__(self) -> None:
+        install()
+        self._tokens.append(_config.loops_override.set(self.settings))
+
+    def __exit__(self, *exc: object) -> None:
+        _config.loops_override.reset(self._tokens.pop())
+        uninstall()
+
+    def __repr__(self) -> str:
+        return f"guard_loops(mode={self.settings.mode!r}, weak_type={self.settings.weak_type!r})"

@@ -160,11 +160,12 @@ def _unwrap_variable(element: Any, hint: Any) -> tuple[Any, Any]:
     if nnx is None or not isinstance(element, nnx.Variable):
         return element, hint
     origin = typing.get_origin(hint)
+    value = element.get_value() if hasattr(element, "get_value") else element.value
     if isinstance(origin, type) and issubclass(origin, nnx.Variable):
-        return element.value, (typing.get_args(hint) or (Any,))[0]
+        return value, (typing.get_args(hint) or (Any,))[0]
     if isinstance(hint, type) and issubclass(hint, nnx.Variable):
         return element, hint
-    return element.value, hint
+    return value, hint
 
 
 def _raw_annotations(owner: Any) -> dict[str, Any]:

@@ -144,3 +144,17 @@ try:  # the dimension sizes bound so far in jaxtyping's current memo (for messag
     from jaxtyping._storage import get_shape_memo
 except ImportError:  # jaxtyping absent, or it moved its storage: tests/test_compat.py says which
     get_shape_memo = None
+
+
+def hide_from_tracebacks(path: str) -> None:
+    """Asks JAX to leave the frames of files under `path` out of the tracebacks it filters.
+
+    Best effort: where JAX moved its private registry, tracebacks keep the frames.
+    """
+    try:
+        from jax._src import traceback_util
+    except ImportError:  # pragma: no cover - JAX moved it
+        return
+    register = getattr(traceback_util, "register_exclusion", None)
+    if register is not None:
+        register(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import warnings
 import weakref
@@ -21,13 +22,16 @@ from . import _annotations, _config
 from ._carry import Rule, carry_verdict
 from ._cast import cast_back
 from ._compare import OK, Verdict, compare_states
-from ._compat import Tracer
+from ._compat import Tracer, hide_from_tracebacks
 from ._config import Mode
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in
 from ._signature import NotALeafError, leaf_keys, remember
 
 _tree = jax.tree_util
+# Reports show the user's frames, not this package's: JAX filters these files out of the
+# tracebacks it filters, and a guard's own report is raised afresh at the guarded call.
+hide_from_tracebacks(os.path.join(os.path.dirname(os.path.abspath(__file__)), ""))
 
 
 def _nnx() -> Any:
@@ -280,7 +284,19 @@ class Guard:
             if not _config.retracing.get():
                 warnings.warn(StateDtypeWarning(message), stacklevel=4)
             return
-        raise StateDtypeError(message, mismatches, self.name)
+        error = StateDtypeError(message, mismatches, self.name)
+        error._guard = self  # type: ignore[attr-defined]
+        raise error
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        """`self(*args, **kwargs)`; this guard's own report starts its traceback here."""
+        __tracebackhide__ = True
+        try:
+            return self(*args, **kwargs)
+        except StateDtypeError as error:
+            if getattr(error, "_guard", None) is not self:
+                raise  # a report from a guard inside the function: its frames matter
+            raise error.with_traceback(None) from None
 
 
 class _WeaklyGuarded:
@@ -303,7 +319,7 @@ class _WeaklyGuarded:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        return self.__dtypeguard__(*args, **kwargs)
+        return self.__dtypeguard__.call(*args, **kwargs)
 
 
 def guarded_callable(guard: Guard) -> Callable[..., Any]:
@@ -316,7 +332,7 @@ def guarded_callable(guard: Guard) -> Callable[..., Any]:
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        return guard(*args, **kwargs)
+        return guard.call(*args, **kwargs)
 
     guarded.__dtypeguard__ = guard  # type: ignore[attr-defined]
     return guarded

@@ -6,7 +6,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from jax_dtypeguard._compare import compare_states
 from jax_dtypeguard._signature import LeafSignature

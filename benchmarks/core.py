@@ -500,17 +500,19 @@ def _discover(optax: Any) -> tuple[list[tuple[str, Any]], dict[str, str]]:
 
     No list of names to fall back on: if the audit's discovery moves, this fails loudly.
     """
-    from jax_dtypeguard import _audit
+    from jax_dtypeguard import _audit_optax
 
-    values = _audit._argument_values(optax)
+    values = _audit_optax._argument_values(optax)
     found: list[tuple[str, Any]] = []
     not_built: dict[str, str] = {}
-    for name, constructor, certain in _audit._candidates(optax):
+    for constructor in _audit_optax.constructors(optax):
         try:
-            tx, display = _audit._construct(name, constructor, optax, values)
+            tx, display = _audit_optax._construct(constructor.name, constructor.fn, optax, values)
         except Exception as error:
-            if certain:
-                not_built[name] = f"{type(error).__name__}: {str(error).splitlines()[0]:.120}"
+            if constructor.certain:
+                not_built[constructor.name] = (
+                    f"{type(error).__name__}: {str(error).splitlines()[0]:.120}"
+                )
             continue
         if isinstance(tx, optax.GradientTransformation):
             found.append((display, tx))

@@ -1,56 +1,107 @@
-"""The audit behind `jax-dtypeguard audit`: sweeps `Case`s over dtypes.
+"""The audit behind `jax-dtypeguard audit`: columns, targets, running cases, results.
 
-The default target is every optimizer Optax exports, discovered from Optax
-itself. `optax` is imported only here, and only when that target is asked for.
+Targets are registered under the entry-point group `jax_dtypeguard.audit_targets`
+(the built-in ones for Optax, `optax.contrib`, Optimistix and Diffrax too); each
+names a function returning `Case`s. The libraries are imported only when their
+target runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
+import importlib.metadata
 import inspect
-import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _config
-from ._compat import jit_cache_size
-from ._errors import CASTABLE_KINDS, Mismatch
+from ._audit_init import InitCheck, check_init
+from ._audit_loops import loop_mismatches
+from ._compat import enable_x64
+from ._errors import CASTABLE_KINDS, Mismatch, Origin
 from ._guard import Guard, guarded_callable
-from ._plan import CallPlan, StateParameter
-from .testing import Case, CaseError, _split_static, x64_for
+from ._plan import CallPlan, StateParameter, describe_location
+from .testing import X64_SUFFIX, Case, CaseError, _split_static
 
-OPTAX_TARGET = "optax"
+ENTRY_POINT_GROUP = "jax_dtypeguard.audit_targets"
+# The built-in targets, as their entry points read in setup.cfg. They are also used
+# from a source tree whose installed metadata predates them.
+BUILTIN_TARGETS = {
+    "optax": "jax_dtypeguard._audit_optax:optax_target",
+    "optax.contrib": "jax_dtypeguard._audit_optax:contrib_target",
+    "optimistix": "jax_dtypeguard._audit_optimistix:optimistix_target",
+    "diffrax": "jax_dtypeguard._audit_diffrax:diffrax_target",
+}
+DEFAULT_COLUMNS = ("float16", "bfloat16", "float32", "float32+x64", "float64")
 JIT_STEPS = 3
+INSTALL_HINT = "pip install 'jax_dtypeguard[all]'"
 
 
 class UsageError(ValueError):
     """Bad usage of the audit: an unknown target or dtype, an import error."""
 
 
+class NotApplicable(Exception):
+    """Raised by a case's factory: the case does not apply to this column (the
+    message says why); the cell reads `skipped`."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-    """A case that could not be built, and why."""
+    """A case (or a whole target) that could not be built, and why, in words."""
 
     name: str
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """A case with what the audit checks besides it: its `init`, the warnings
+    raised while the target built it (they belong in its rows), and the
+    library's own step function (`source`), named as the origin of a drift whose
+    first operation cannot be found (a value from a constant of the library)."""
+
+    case: Case
+    init: InitCheck | None = None
+    warnings: tuple[str, ...] = ()
+    source: Callable[..., Any] | None = None  # the library's step, where no origin is found
+
+    @property
+    def name(self) -> str:
+        return self.case.name
+
+
+Item = Case | Subject | Skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One configuration of the sweep: a dtype, with x64 on or off."""
+
+    dtype: str
+    x64: bool
+
+    @property
+    def label(self) -> str:
+        wide = jnp.dtype(self.dtype).itemsize >= (16 if jnp.dtype(self.dtype).kind == "c" else 8)
+        return self.dtype + X64_SUFFIX if self.x64 and not wide else self.dtype
+
+
 @dataclasses.dataclass
 class Result:
-    """One case at one dtype.
+    """One case in one column.
 
-    `compiles` is the number of compilations over `JIT_STEPS` jitted steps
-    (`None` unless asked for); `cast_left` the mismatches that cast mode left
-    (`None` unless cast mode was verified).
+    `compiles` is the number of compilations (traces) over `JIT_STEPS`
+    jitted steps (`None` unless asked for); `cast_left` the mismatches that
+    cast mode left (`None` unless cast mode was verified); `warnings` what
+    the case warned while it ran.
     """
 
     name: str
@@ -60,9 +111,15 @@ class Result:
     mismatches: list[Mismatch] = dataclasses.field(default_factory=list)
     compiles: int | None = None
     cast_left: list[Mismatch] | None = None
+    x64: bool = False
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def column(self) -> str:
+        return Column(self.dtype, self.x64).label
 
 
-# --- dtypes -----------------------------------------------------------------
+# --- columns ----------------------------------------------------------------
 
 
 def check_dtype(name: str) -> str:
@@ -73,21 +130,132 @@ def check_dtype(name: str) -> str:
         dtype = None
     if dtype is None or not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
         raise UsageError(
-            f"unknown dtype {name!r}; use JAX dtype names such as float16,bfloat16,float32,float64"
+            f"unknown dtype {name!r}; use JAX dtype names such as {','.join(DEFAULT_COLUMNS)}"
         )
     return dtype.name
 
 
-# --- user targets ---------------------------------------------------------
+def columns(names: Sequence[str], x64: bool = False) -> list[Column]:
+    """The columns named `names` (`"float32+x64"`: float32 with x64 on); with
+    `x64`, each 16/32-bit column also runs with x64 on, next to it."""
+    found: list[Column] = []
+    for name in names:
+        plain = name[: -len(X64_SUFFIX)] if name.endswith(X64_SUFFIX) else name
+        dtype = check_dtype(plain)
+        wide = jnp.dtype(dtype).itemsize >= (16 if jnp.dtype(dtype).kind == "c" else 8)
+        variants = [wide or name != plain]
+        if x64 and not variants[0]:
+            variants.append(True)
+        for on in variants:
+            column = Column(dtype, on)
+            if column not in found:
+                found.append(column)
+    return found
 
 
-def load_target(spec: str) -> list[Case | Skipped]:
+# --- targets ----------------------------------------------------------------
+
+
+def target_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """Every registered target by name: the built-in ones first, then third parties'."""
+    found = {
+        name: importlib.metadata.EntryPoint(name, value, ENTRY_POINT_GROUP)
+        for name, value in BUILTIN_TARGETS.items()
+    }
+    for entry_point in sorted(
+        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+    ):
+        found.setdefault(entry_point.name, entry_point)
+    return found
+
+
+def _library(name: str) -> str:
+    """The top-level module a target audits (`optax.contrib` -> `optax`)."""
+    return name.split(":")[0].split(".")[0]
+
+
+def library_versions(libraries: Iterable[str]) -> dict[str, str]:
+    """Versions of JAX, jaxlib and every audited library that is installed."""
+    versions = {}
+    for name in ["jax", "jaxlib", *libraries]:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            module = sys.modules.get(name)
+            version = getattr(module, "__version__", None)
+            if isinstance(version, str):
+                versions[name] = version
+    return versions
+
+
+def load_targets(
+    names: Sequence[str], grads_dtype: str | None = None
+) -> tuple[list[Item], list[str]]:
+    """The items of the targets `names` (all registered targets if empty), and
+    the libraries they audit. A registered target whose library is missing is
+    one `Skipped` item saying so; an unknown name is a `UsageError`."""
+    registered = target_entry_points()
+    items: list[Item] = []
+    libraries: list[str] = []
+    for name in names or list(registered):
+        library = _library(name)
+        if library not in libraries and library != "jax_dtypeguard":
+            libraries.append(library)
+        if name in registered:
+            items += _load_registered(name, registered[name], grads_dtype)
+        elif ":" in name:
+            items += load_target(name)
+        else:
+            known = ", ".join(registered)
+            raise UsageError(
+                f"unknown target {name!r}: use a registered target ({known}) or "
+                "module:attribute naming your Cases"
+            )
+    return items, libraries
+
+
+def _load_registered(
+    name: str, entry_point: importlib.metadata.EntryPoint, grads_dtype: str | None
+) -> list[Item]:
+    library = _library(entry_point.value) if name not in BUILTIN_TARGETS else _library(name)
+    try:
+        make = entry_point.load()
+    except ImportError as error:
+        return [_missing(name, error)]
+    kwargs = {}
+    if grads_dtype is not None and "grads_dtype" in _parameters(make):
+        kwargs["grads_dtype"] = grads_dtype
+    try:
+        made = make(**kwargs)
+    except ImportError as error:
+        return [_missing(name, error)]
+    except Exception as error:
+        raise UsageError(
+            f"target {name!r} ({library}) could not list its cases: {_first_line(error)}"
+        ) from None
+    return _items(f"target {name!r}", made)
+
+
+def _missing(name: str, error: ImportError) -> Skipped:
+    module = getattr(error, "name", None) or _library(name)
+    return Skipped(name, f"{module} is not installed, so its target is skipped: {INSTALL_HINT}")
+
+
+def _parameters(fn: Callable[..., Any]) -> list[str]:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def load_target(spec: str) -> list[Item]:
     """The cases named by `module:attribute` (an iterable of `Case`, or a
     callable returning one); `UsageError` when they cannot be had."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise UsageError(
-            f"target {spec!r} is not of the form module:attribute (or '{OPTAX_TARGET}')"
+            f"target {spec!r} is not of the form module:attribute (or a registered "
+            f"target: {', '.join(target_entry_points())})"
         )
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -112,7 +280,11 @@ def load_target(spec: str) -> list[Case | Skipped]:
             raise UsageError(
                 f"target {spec!r}: calling it raised {type(error).__name__}: {error}"
             ) from None
-    if isinstance(value, Case):
+    return _items(f"target {spec!r}", value)
+
+
+def _items(what: str, value: Any) -> list[Item]:
+    if isinstance(value, (Case, Subject)):
         value = [value]
     try:
         if isinstance(value, (str, bytes)):
@@ -120,271 +292,15 @@ def load_target(spec: str) -> list[Case | Skipped]:
         items = list(value)
     except TypeError:
         raise UsageError(
-            f"target {spec!r} is a {type(value).__name__}, not an iterable of "
-            "jax_dtypeguard.testing.Case"
+            f"{what} is a {type(value).__name__}, not an iterable of jax_dtypeguard.testing.Case"
         ) from None
     for item in items:
-        if not isinstance(item, (Case, Skipped)):
+        if not isinstance(item, (Case, Subject, Skipped)):
             raise UsageError(
-                f"target {spec!r} holds {type(item).__name__} {item!r:.60}, "
+                f"{what} holds {type(item).__name__} {item!r:.60}, "
                 "not a jax_dtypeguard.testing.Case"
             )
     return items
-
-
-# --- the Optax target -----------------------------------------------------
-
-# A small params pytree: a matrix, a vector and a scalar.
-_SHAPES = {"matrix": (4, 3), "vector": (3,), "scalar": ()}
-_MASK = {"matrix": False, "scalar": True, "vector": False}
-
-
-def _tree(dtype: str, scale: float) -> dict[str, jax.Array]:
-    return {
-        name: jnp.full(shape, scale * (i + 1), dtype)
-        for i, (name, shape) in enumerate(_SHAPES.items())
-    }
-
-
-def _squared_norm(tree: Any) -> Any:
-    return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(tree))
-
-
-def _argument_values(optax: Any) -> dict[str, Callable[[], Any]]:
-    """Sensible values for the constructor parameters that have no default."""
-
-    def inner() -> Any:
-        return optax.adam(1e-3)
-
-    return {
-        "learning_rate": lambda: 1e-3,
-        "step_size": lambda: 0.1,
-        "step_size_fn": lambda: optax.exponential_decay(1e-3, 100, 0.9),
-        "decay": lambda: 0.9,
-        "clipping": lambda: 0.1,
-        "eta": lambda: 0.01,
-        "gamma": lambda: 0.55,
-        "max_delta": lambda: 1.0,
-        "threshold": lambda: 1.0,
-        "max_norm": lambda: 1.0,
-        "max_consecutive_errors": lambda: 3,
-        "every_k_schedule": lambda: 2,
-        "sync_period": lambda: 2,
-        "slow_step_size": lambda: 0.5,
-        "max_backtracking_steps": lambda: 15,
-        "max_linesearch_steps": lambda: 15,
-        "should_transform_fn": lambda: lambda step: step % 2 == 0,
-        "mask": lambda: dict(_MASK),
-        "freeze_mask": lambda: dict(_MASK),
-        "transforms": lambda: {"adam": inner(), "sgd": optax.sgd(1e-2)},
-        "param_labels": lambda: {"matrix": "adam", "scalar": "sgd", "vector": "sgd"},
-        "measure": lambda: _squared_norm,
-        "measures": lambda: {"norm": _squared_norm},
-        "measure_name": lambda: "norm",
-        "f": lambda: lambda updates, params: jax.tree.map(lambda g: 0.5 * g, updates),
-        "inner": inner,
-        "opt": inner,
-        "optimizer": inner,
-        "fast_optimizer": inner,
-        "tx": inner,
-        "inner_factory": lambda: optax.adam,
-    }
-
-
-def _describe(value: Any, optax: Any) -> str | None:
-    """How a wrapped transformation or factory is named in a case's name."""
-    if isinstance(value, optax.GradientTransformation):
-        return "adam"
-    if value is optax.adam:
-        return "adam"
-    if isinstance(value, dict) and any(
-        isinstance(v, optax.GradientTransformation) for v in value.values()
-    ):
-        return ", ".join(map(str, value))
-    return None
-
-
-def _construct(
-    name: str, constructor: Callable[..., Any], optax: Any, values: dict[str, Callable[[], Any]]
-) -> tuple[Any, str]:
-    """Builds one transformation; returns it and its display name."""
-    signature = inspect.signature(constructor)
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    shown: list[str] = []
-    for parameter in signature.parameters.values():
-        if parameter.kind is parameter.VAR_KEYWORD:
-            continue
-        if parameter.kind is parameter.VAR_POSITIONAL:
-            if args or kwargs:
-                continue
-            parts = [optax.clip_by_global_norm(1.0), optax.adam(1e-3)]
-            if name == "named_chain":
-                args.extend([("clip", parts[0]), ("adam", parts[1])])
-            else:
-                args.extend(parts)
-            shown.append("clip_by_global_norm, adam")
-            continue
-        if parameter.default is not parameter.empty:
-            continue
-        if parameter.name not in values:
-            raise LookupError(f"needs argument {parameter.name!r}, which the audit cannot guess")
-        value = values[parameter.name]()
-        description = _describe(value, optax)
-        if description:
-            shown.append(description)
-        if parameter.kind is parameter.KEYWORD_ONLY:
-            kwargs[parameter.name] = value
-        else:
-            args.append(value)
-    built = constructor(*args, **kwargs)
-    if not isinstance(built, optax.GradientTransformation) and hasattr(
-        built, "gradient_transformation"
-    ):
-        built = built.gradient_transformation()
-    elif not isinstance(built, optax.GradientTransformation) and callable(built):
-        # A factory of transformations (`inject_hyperparams(optax.adam)`).
-        built = _construct(name, built, optax, values)[0]
-    display = f"{name}({', '.join(shown)})" if shown else name
-    return built, display
-
-
-def _returns_transformation(constructor: Any) -> bool:
-    try:
-        annotation = inspect.signature(constructor).return_annotation
-    except (TypeError, ValueError):
-        return False
-    text = annotation if isinstance(annotation, str) else repr(annotation)
-    return "GradientTransformation" in text
-
-
-def _candidates(optax: Any) -> list[tuple[str, Any, bool]]:
-    """Optax's public functions and classes that may build a transformation.
-
-    Each comes with whether it certainly does (its return annotation says so,
-    or it is a class with a `gradient_transformation` method, `MultiSteps`);
-    the others are tried, and kept if they return one.
-    """
-    found = []
-    for name in sorted(dir(optax), key=str.lower):
-        if name.startswith("_"):
-            continue
-        value = getattr(optax, name)
-        if inspect.isclass(value):
-            if callable(getattr(value, "gradient_transformation", None)):
-                found.append((name, value, True))
-        elif inspect.isfunction(value):
-            if _returns_transformation(value):
-                found.append((name, value, True))
-            elif inspect.signature(value).return_annotation is inspect.Signature.empty:
-                found.append((name, value, False))
-    return found
-
-
-def _linesearch_value(params: Any, dtype: Any) -> Any:
-    leaves = jax.tree.leaves(params)
-    return 0.5 * sum(jnp.sum(jnp.square(leaf.astype(dtype))) for leaf in leaves)
-
-
-def _optax_case(tx: Any, name: str, optax: Any, grads_dtype: str | None) -> Case:
-    extra = isinstance(tx, optax.GradientTransformationExtraArgs)
-
-    def grads_of(dtype: str) -> Any:
-        return _tree(grads_dtype or dtype, 0.1)
-
-    def value_fn(params: Any) -> jax.Array:
-        return _linesearch_value(params, grads_dtype or jax.tree.leaves(params)[0].dtype)
-
-    if extra:
-
-        def update_extra(updates: Any, opt_state: Any, params: Any, value: Any, grad: Any) -> Any:
-            return tx.update(updates, opt_state, params, value=value, grad=grad, value_fn=value_fn)
-
-        def make_args(dtype: str) -> tuple[Any, ...]:
-            params = _tree(dtype, 1.0)
-            grads = grads_of(dtype)
-            return grads, params, _linesearch_value(params, grads_dtype or dtype), grads
-
-        update: Callable[..., Any] = update_extra
-    else:
-
-        def update_plain(updates: Any, opt_state: Any, params: Any) -> Any:
-            return tx.update(updates, opt_state, params)
-
-        def make_args(dtype: str) -> tuple[Any, ...]:
-            return grads_of(dtype), _tree(dtype, 1.0)
-
-        update = update_plain
-
-    update.__name__ = "update"
-    update.__qualname__ = f"{name}.update"
-    return Case(name, update, lambda dtype: tx.init(_tree(dtype, 1.0)), make_args, 1, 1)
-
-
-def optax_cases(grads_dtype: str | None = None) -> list[Case | Skipped]:
-    """A `Case` for every optimizer Optax exports (its `update`, with the
-    params as state-holding argument), or `Skipped` where it cannot be built.
-
-    Each runs on params `{"matrix": (4, 3), "vector": (3,), "scalar": ()}`
-    in the swept dtype, with gradients in `grads_dtype` (default: the same),
-    and, for transformations taking extra arguments, `value`, `grad` and
-    `value_fn` (as line searches need).
-    """
-    try:
-        import optax
-    except ImportError as error:
-        raise UsageError(
-            f"the default target needs optax ({error}); pip install 'jax_dtypeguard[optax]'"
-        ) from None
-    with _quiet():
-        return _optax_items(optax, grads_dtype)
-
-
-def _optax_items(optax: Any, grads_dtype: str | None) -> list[Case | Skipped]:
-    values = _argument_values(optax)
-    items: list[Case | Skipped] = []
-    for name, constructor, certain in _candidates(optax):
-        try:
-            tx, display = _construct(name, constructor, optax, values)
-        except Exception as error:
-            if certain:
-                items.append(Skipped(name, f"cannot be built: {_first_line(error)}"))
-            continue
-        if not isinstance(tx, optax.GradientTransformation):
-            continue  # not an optimizer after all
-        case = _optax_case(tx, display, optax, grads_dtype)
-        try:
-            _probe(case)
-        except Exception as error:
-            items.append(Skipped(display, f"fails on the audit's inputs: {_first_line(error)}"))
-            continue
-        items.append(case)
-    return items
-
-
-def _probe(case: Case) -> None:
-    """Traces one float32 step of `case` abstractly; raises what it raises."""
-
-    def step() -> Any:
-        args = list(case.make_args("float32"))
-        args.insert(case.state_arg, case.make_state("float32"))
-        return case.fn(*args, **dict(case.kwargs or {}))
-
-    jax.eval_shape(step)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silences the libraries' warnings and log lines while cases run."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        absl.setLevel(level)
 
 
 def _first_line(error: BaseException) -> str:
@@ -392,44 +308,110 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-# --- running --------------------------------------------------------------
+# --- running ----------------------------------------------------------------
 
 
-def _jit_compiles(case: Case, dtype: str) -> tuple[int, str | None]:
-    """Compilations over `JIT_STEPS` jitted steps with real arrays."""
-    state = case.make_state(dtype)
-    args = list(case.make_args(dtype))
-    kwargs = dict(case.kwargs or {})
-    # Python scalars stay constants, as they would in a user's jitted loop.
-    inputs, rebuild = _split_static((args, kwargs), (jax.Array, np.ndarray, np.generic))
-
-    def step(state: Any, values: list[Any]) -> Any:
-        positional, keywords = rebuild(values)
-        positional.insert(case.state_arg, state)
-        result = case.fn(*positional, **keywords)
-        return result if case.out is None else result[case.out]
-
-    jitted = jax.jit(step)
-    for index in range(JIT_STEPS):
+def probe(case: Case, dtype: str = "float32") -> BaseException | None:
+    """What running `case` once at `dtype` raised, for a target deciding whether
+    its case fits the library (`None`: it runs, drifting or not). Warnings of the
+    probe are dropped: the rows record their own."""
+    with warnings.catch_warnings(), enable_x64(_is_64bit(dtype)):
+        warnings.simplefilter("ignore")
         try:
-            state = jitted(state, inputs)
+            case._run(dtype, weak_type=True)
+        except CaseError as error:
+            if loop_mismatches(error.__cause__) is None and _not_applicable(error) is None:
+                return error.__cause__ or error
         except Exception as error:
-            return jit_cache_size(jitted), f"jitted step {index + 1} raised {_first_line(error)}"
-    return jit_cache_size(jitted), None
+            return error
+    return None
 
 
-def _check(case: Case, dtype: str, weak_type: bool, x64: str | None) -> list[Mismatch]:
-    """`case.run(dtype)`, or, where `x64` names a 64-bit dtype that the case's
-    arguments hold (mixed precision), the same check with x64 on."""
-    return case._run(dtype, weak_type=weak_type, widest=x64 or dtype)
+def _traced_inputs(case: Case, parts: Sequence[Any], args: Sequence[Any]) -> tuple[Any, Any]:
+    """The case's full call as (traced leaves, static part) for a jitted step."""
+    positions = case.state_arg if isinstance(case.state_arg, tuple) else (case.state_arg,)
+    call = list(args)
+    for position, part in sorted(zip(positions, parts), key=lambda item: item[0]):
+        call.insert(position, part)
+    values, rebuild = _split_static((call, dict(case.kwargs or {})), case.traced)
+    return values, _Static(rebuild, (call, dict(case.kwargs or {})), case.traced)
 
 
-def _cast_left(case: Case, dtype: str, weak_type: bool, x64: str | None) -> list[Mismatch]:
+class _Static:
+    """The static half of a call, a `jit` static argument: equal when its leaves are."""
+
+    def __init__(self, rebuild: Callable[[list[Any]], Any], tree: Any, traced: Any) -> None:
+        self.rebuild = rebuild
+        leaves, self.treedef = jax.tree_util.tree_flatten(tree)
+        self.leaves = tuple(leaf for leaf in leaves if not _traced_leaf(leaf, traced))
+
+    def __hash__(self) -> int:
+        return hash((self.treedef, len(self.leaves)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Static) or other.treedef != self.treedef:
+            return False
+        return all(_same(a, b) for a, b in zip(self.leaves, other.leaves))
+
+
+def _traced_leaf(leaf: Any, traced: Any) -> bool:
+    values, _ = _split_static([leaf], traced)
+    return bool(values)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(type(a) is type(b) and a == b)
+    except Exception:
+        return False
+
+
+def _jit_compiles(case: Case, dtype: str) -> int:
+    """Compilations over `JIT_STEPS` jitted steps with real arrays: the traces of
+    the step (each new signature of the state is traced, then compiled, once)."""
+    state, args = case.inputs(dtype)
+    several = isinstance(case.state_arg, tuple)
+    parts = list(state) if several else [state]
+    outs: tuple[Any, ...] = (
+        (case.out if isinstance(case.out, tuple) else tuple(range(len(parts))))
+        if several
+        else (case.out,)
+    )
+    traces = [0]
+    rebuild_out: list[Callable[[list[Any]], Any]] = []
+
+    def step(values: list[Any], static: _Static) -> Any:
+        traces[0] += 1
+        positional, keywords = static.rebuild(values)
+        result = case.fn(*positional, **keywords)
+        new_parts = [result if index is None else result[index] for index in outs]
+        # As eqx.filter_jit: the traced half comes back, the static half is kept aside.
+        dynamic, rebuild = _split_static(new_parts, case.traced)
+        rebuild_out[:] = [rebuild]
+        return dynamic
+
+    jitted = jax.jit(step, static_argnums=1)
+    for _ in range(JIT_STEPS):
+        values, static = _traced_inputs(case, parts, args)
+        dynamic = jitted(values, static)
+        parts = list(rebuild_out[0](list(dynamic)))
+    return traces[0]
+
+
+def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
     """What remains after cast mode, for a case with dtype/weak_type drift."""
-    plan = CallPlan.single(StateParameter.at(case.fn, case.state_arg, "state"), case.out)
-    guard = Guard(case.fn, plan, mode="cast", weak_type=weak_type, annotations=False)
-    cast_fn = guarded_callable(guard)
-    return _check(dataclasses.replace(case, fn=cast_fn), dtype, weak_type, x64)
+    positions = case.state_arg if isinstance(case.state_arg, tuple) else (case.state_arg,)
+    outs = case.out if isinstance(case.out, tuple) else (case.out,)
+    if len(positions) > 1 and case.out is None:
+        outs = tuple(range(len(positions)))
+    fallback = ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
+    states = tuple(StateParameter.at(case.fn, p, f) for p, f in zip(positions, fallback))
+    guard = Guard(
+        case.fn, CallPlan(states, outs), mode="cast", weak_type=weak_type, annotations=False
+    )
+    return dataclasses.replace(case, fn=guarded_callable(guard))._run(dtype, weak_type=weak_type)
 
 
 def _is_64bit(name: str) -> bool:
@@ -437,48 +419,107 @@ def _is_64bit(name: str) -> bool:
     return dtype.itemsize >= (16 if dtype.kind == "c" else 8)
 
 
+def _not_applicable(error: BaseException | None) -> str | None:
+    """Why the cell is skipped: a factory said the case does not apply, or the
+    library said the configuration is not implemented (an LU in float16)."""
+    while error is not None:
+        if isinstance(error, NotApplicable):
+            return str(error)
+        if isinstance(error, NotImplementedError):
+            return f"not supported in this configuration by the library: {_first_line(error)}"
+        error = error.__cause__
+    return None
+
+
 def run_case(
-    case: Case,
-    dtype: str,
+    item: Case | Subject,
+    column: Column | str,
     *,
     weak_type: bool = True,
     jit: bool = False,
     cast: bool = False,
     grads_dtype: str | None = None,
 ) -> Result:
-    """Audits one case at one dtype.
+    """Audits one case in one column (a `Column`, or a name such as `"float32+x64"`).
 
-    `grads_dtype`: the dtype of the other arguments, when it differs from
-    `dtype` (mixed precision); x64 is on if either is a 64-bit type.
+    `grads_dtype`: the dtype of the other arguments, when it differs from the
+    column's (mixed precision); x64 is on if either is a 64-bit type. Warnings
+    the case raises are recorded in the result, not shown.
     """
-    x64 = grads_dtype if grads_dtype and _is_64bit(grads_dtype) and not _is_64bit(dtype) else None
-    with _quiet(), _config.strict(False), x64_for(x64 or dtype):
+    if isinstance(column, str):
+        column = columns([column])[0]
+    subject = item if isinstance(item, Subject) else Subject(item)
+    case = subject.case
+    x64 = column.x64 or bool(grads_dtype and _is_64bit(grads_dtype))
+    result = Result(case.name, column.dtype, "ok", x64=column.x64)
+    result.warnings = list(subject.warnings)
+    with warnings.catch_warnings(record=True) as caught, _config.strict(False):
+        warnings.simplefilter("always")
+        with enable_x64(x64):
+            _run_into(result, subject, column.dtype, weak_type, jit, cast)
+    for warning in caught:
+        if warning.category.__module__.startswith("beartype"):
+            continue  # about annotation hints the annotation check read, not the case
+        text = f"{warning.category.__name__}: {str(warning.message).strip().splitlines()[0]}"
+        if text not in result.warnings:
+            result.warnings.append(text)
+    return result
+
+
+def _run_into(
+    result: Result, subject: Subject, dtype: str, weak_type: bool, jit: bool, cast: bool
+) -> None:
+    case = subject.case
+    try:
+        mismatches = case._run(dtype, weak_type=weak_type, label=result.column)
+    except CaseError as error:
+        skip = _not_applicable(error)
+        if skip is not None:
+            result.status, result.reason = "skipped", skip
+            return
+        in_loop = loop_mismatches(error.__cause__)
+        if in_loop is None:
+            result.status, result.reason = "error", str(error)
+            return
+        mismatches, note = in_loop
+        result.reason = note
+    if subject.init is not None:
         try:
-            mismatches = _check(case, dtype, weak_type, x64)
-        except CaseError as error:
-            return Result(case.name, dtype, "error", str(error))
-        result = Result(case.name, dtype, "drift" if mismatches else "ok", None, mismatches)
-        notes = []
-        if jit:
-            try:
-                result.compiles, note = _jit_compiles(case, dtype)
-            except Exception as error:
-                note = f"jit run raised {_first_line(error)}"
-            if note:
-                notes.append(note)
-            if result.compiles is not None and result.compiles > 1:
+            mismatches = check_init(subject.init, dtype, mismatches)
+        except Exception as error:
+            result.warnings.append(f"the init check could not run: {_first_line(error)}")
+    result.mismatches = [_with_source(m, subject.source) for m in mismatches]
+    result.status = "drift" if mismatches else "ok"
+    notes = [result.reason] if result.reason else []
+    if jit:
+        try:
+            result.compiles = _jit_compiles(case, dtype)
+        except Exception as error:
+            result.status = "error"
+            notes.append(f"the jitted step raised {_first_line(error)}")
+        else:
+            if result.compiles > 1:
                 result.status = "drift"
                 notes.insert(0, f"compiled {result.compiles} times in {JIT_STEPS} jitted steps")
-        if cast and any(m.kind in CASTABLE_KINDS for m in mismatches):
-            try:
-                result.cast_left = _cast_left(case, dtype, weak_type, x64)
-            except CaseError as error:
-                result.cast_left = []
-                notes.append(f"cast mode run raised: {error}")
-            else:
-                notes.append(_cast_note(result.cast_left))
-        result.reason = "; ".join(notes) or None
-        return result
+    if cast and any(m.kind in CASTABLE_KINDS for m in mismatches) and not result.reason:
+        try:
+            result.cast_left = _cast_left(case, dtype, weak_type)
+        except CaseError as error:
+            result.cast_left = []
+            notes.append(f"cast mode run raised: {error}")
+        else:
+            notes.append(_cast_note(result.cast_left))
+    result.reason = "; ".join(notes) or None
+
+
+def _with_source(mismatch: Mismatch, source: Callable[..., Any] | None) -> Mismatch:
+    """`mismatch`, its origin the library's step where none was found."""
+    if mismatch.origin is not None or source is None or mismatch.kind not in CASTABLE_KINDS:
+        return mismatch
+    function, location = describe_location(source)
+    file, _, line = location.rpartition(":")
+    origin = Origin("return", file, int(line) if line.isdigit() else None, function)
+    return dataclasses.replace(mismatch, origin=origin)
 
 
 def _cast_note(left: list[Mismatch]) -> str:
@@ -491,8 +532,8 @@ def _cast_note(left: list[Mismatch]) -> str:
 
 
 def audit(
-    items: Sequence[Case | Skipped],
-    dtypes: Sequence[str],
+    items: Sequence[Item],
+    sweep: Sequence[Column | str],
     *,
     weak_type: bool = True,
     jit: bool = False,
@@ -500,19 +541,22 @@ def audit(
     grads_dtype: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[Result]:
-    """Runs every case at every dtype; `progress(done, total, label)` after each."""
-    total = len(items) * len(dtypes)
+    """Runs every case in every column; `progress(done, total, label)` after each."""
+    sweep = [columns([c])[0] if isinstance(c, str) else c for c in sweep]
+    total = len(items) * len(sweep)
     results = []
     done = 0
     for item in items:
-        for dtype in dtypes:
+        for column in sweep:
             if isinstance(item, Skipped):
-                results.append(Result(item.name, dtype, "skipped", item.reason))
+                results.append(
+                    Result(item.name, column.dtype, "skipped", item.reason, x64=column.x64)
+                )
             else:
                 results.append(
                     run_case(
                         item,
-                        dtype,
+                        column,
                         weak_type=weak_type,
                         jit=jit,
                         cast=cast,
@@ -521,7 +565,7 @@ def audit(
                 )
             done += 1
             if progress is not None:
-                progress(done, total, f"{item.name} {dtype}")
+                progress(done, total, f"{item.name} {column.label}")
     return results
 
 

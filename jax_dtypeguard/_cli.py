@@ -12,7 +12,7 @@ from typing import IO, Any
 from ._version import __version__
 
 PROG = "jax-dtypeguard"
-DEFAULT_DTYPES = "float16,bfloat16,float32,float64"
+DEFAULT_DTYPES = "float16,bfloat16,float32,float32+x64,float64"
 _CASTABLE = ("dtype", "weak_type")
 _CELL_WIDTH = 32  # a one-mismatch cell longer than this shows a count instead
 
@@ -28,22 +28,28 @@ class _Parser(argparse.ArgumentParser):
 
 _DESCRIPTION = """\
 Check that step functions keep their state's types (tree structure, shape,
-dtype, weak_type) at every dtype, by abstract evaluation (nothing is compiled
-unless --jit is given).
+dtype, weak_type) in every configuration, by abstract evaluation (nothing is
+compiled unless --jit is given).
 
-Without a target, audits the `update` of every optimizer Optax exports, on
-params made of a matrix, a vector and a scalar (pass `optax` to name this
-target next to others)."""
+Without a target, audits every installed built-in target: optax (every
+transformation Optax exports), optax.contrib, optimistix (every solver's step)
+and diffrax (Runge-Kutta steps and step-size controllers); a target whose
+library is missing is skipped, with the line that installs it."""
 
 _EPILOG = """\
 examples:
   jax-dtypeguard audit
-  jax-dtypeguard audit --dtypes bfloat16 --grads-dtype float32
+  jax-dtypeguard audit optimistix diffrax --only-drift
+  jax-dtypeguard audit optax --dtypes bfloat16 --grads-dtype float32
   jax-dtypeguard audit mypkg.cases:cases --format json --output audit.json
 
 A target module:attribute names an iterable of jax_dtypeguard.testing.Case
 (or a function returning one); the module is imported from the current
-directory or the installed packages.
+directory or the installed packages. Packages register more targets under the
+entry-point group jax_dtypeguard.audit_targets.
+
+Columns are configurations: a dtype, and float32+x64 (a float32 state with
+x64 on); x64 is on in 64-bit columns.
 
 exit status: 0 every case holds, 1 some case drifted (or raised),
 2 bad usage (unknown target or dtype, import error, bad option)."""
@@ -58,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
     audit = commands.add_parser(
         "audit",
-        help="sweep step functions (default: every Optax optimizer) over dtypes",
+        help="sweep step functions (default: every installed built-in target) over dtypes",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,13 +73,25 @@ def _parser() -> argparse.ArgumentParser:
         "targets",
         nargs="*",
         metavar="TARGET",
-        help="module:attribute naming Cases, or `optax` (default: optax)",
+        help="a built-in or registered target (optax, optax.contrib, optimistix, diffrax) "
+        "or module:attribute naming Cases (default: every registered target)",
     )
     audit.add_argument(
         "--dtypes",
         default=DEFAULT_DTYPES,
         metavar="LIST",
-        help=f"comma-separated dtype names to sweep (default: {DEFAULT_DTYPES})",
+        help=f"comma-separated columns to sweep (default: {DEFAULT_DTYPES})",
+    )
+    audit.add_argument(
+        "--x64",
+        choices=("on", "off"),
+        default="off",
+        help="on: also run every 16/32-bit column with x64 on (default: off, each column as named)",
+    )
+    audit.add_argument(
+        "--only-drift",
+        action="store_true",
+        help="show only the rows with something to report (drift or error)",
     )
     audit.add_argument(
         "--format",
@@ -91,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         "--jit",
         action="store_true",
         help="also run each case jitted for 3 steps on real arrays and count its "
-        "compilations (more than one is drift)",
+        "compilations (traces of the step; more than one is drift)",
     )
     audit.add_argument(
         "--cast",
@@ -101,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--grads-dtype",
         metavar="DTYPE",
-        help="Optax target: gradients (and line-search values) in this dtype, for "
+        help="Optax targets: gradients (and line-search values) in this dtype, for "
         "mixed precision (default: the params' dtype)",
     )
     audit.add_argument(
@@ -189,12 +207,13 @@ def _lines(text: str) -> list[str]:
 
 
 def _details(results: Sequence[Any], dtypes: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """Per row, the dtypes that share one report, and that report's lines."""
+    """Per row, the columns that share one report, and that report's lines."""
     blocks = []
     for name, row in _rows(results, dtypes):
         groups: dict[tuple[str, ...], list[str]] = {}
         for result in row:
-            if result.status == "ok" and not result.reason:
+            warned = getattr(result, "warnings", None) or []
+            if result.status == "ok" and not result.reason and not warned:
                 continue
             lines = [f"{m}  [{m.kind}]" for m in result.mismatches]
             if result.status in ("skipped", "error"):
@@ -203,11 +222,33 @@ def _details(results: Sequence[Any], dtypes: Sequence[str]) -> list[tuple[str, l
                 lines += _lines(f"note: {result.reason}")
             if result.cast_left:
                 lines += [f"after cast: {m}  [{m.kind}]" for m in result.cast_left]
-            groups.setdefault(tuple(lines), []).append(result.dtype)
+            lines += [f"warning: {w}" for w in warned]
+            groups.setdefault(tuple(lines), []).append(_column(result))
         for lines, group in groups.items():
-            where = "all dtypes" if len(group) == len(dtypes) > 1 else ", ".join(group)
+            where = "all columns" if len(group) == len(dtypes) > 1 else ", ".join(group)
             blocks.append((f"{name} ({where})", list(lines)))
     return blocks
+
+
+def _column(result: Any) -> str:
+    return getattr(result, "column", result.dtype)
+
+
+def next_step(results: Sequence[Any]) -> str:
+    """One line under the table: what to do about what the audit found."""
+    statuses = {r.status for r in results}
+    if "drift" in statuses:
+        return (
+            "Next step: guard what drifts with jax_dtypeguard.optax.invariant(tx) "
+            '(optimizers) or @state_dtype_invariant(mode="cast") (step functions); '
+            "report a library's drift upstream with its --format json entry."
+        )
+    if "error" in statuses:
+        return (
+            "Next step: the errors above were raised by the cases themselves; fix the "
+            "case (or report the library's error upstream with the --format json entry)."
+        )
+    return "Next step: nothing drifts; run this audit in CI to keep it so."
 
 
 def _totals(results: Sequence[Any], dtypes: Sequence[str]) -> str:
@@ -216,26 +257,39 @@ def _totals(results: Sequence[Any], dtypes: Sequence[str]) -> str:
         counts[result.status] += 1
     cases = len(results) // max(len(dtypes), 1)
     rows = f"{cases} case{'' if cases == 1 else 's'}"
-    columns = f"{len(dtypes)} dtype{'' if len(dtypes) == 1 else 's'}"
+    columns = f"{len(dtypes)} column{'' if len(dtypes) == 1 else 's'}"
     return f"{rows} x {columns}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
-def render_table(results: Sequence[Any], dtypes: Sequence[str]) -> str:
-    """The plain-text table, its details and a totals line."""
+def _shown(results: Sequence[Any], dtypes: Sequence[str], only_drift: bool) -> list[Any]:
+    """The results of the rows to show: all, or those with a drift or an error."""
+    if not only_drift:
+        return list(results)
+    return [
+        r
+        for _, row in _rows(results, dtypes)
+        if any(x.status in ("drift", "error") for x in row)
+        for r in row
+    ]
+
+
+def render_table(results: Sequence[Any], dtypes: Sequence[str], only_drift: bool = False) -> str:
+    """The plain-text table, its details, a totals line and the next step."""
+    shown = _shown(results, dtypes, only_drift)
     header = ["case", *dtypes]
-    body = [[name, *(summary(r) for r in row)] for name, row in _rows(results, dtypes)]
+    body = [[name, *(summary(r) for r in row)] for name, row in _rows(shown, dtypes)]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *body]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    details = _details(results, dtypes)
+    details = _details(shown, dtypes)
     if details:
         lines += ["", "Details:"]
         for title, block in details:
             lines.append(f"{title}:")
             lines += [f"  {line}" for line in block]
-    lines += ["", _totals(results, dtypes)]
+    lines += ["", _totals(results, dtypes), next_step(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -243,31 +297,43 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(results: Sequence[Any], dtypes: Sequence[str]) -> str:
-    """A GitHub-flavoured Markdown table, then the details as lists."""
+def render_markdown(
+    results: Sequence[Any],
+    dtypes: Sequence[str],
+    only_drift: bool = False,
+    versions: dict[str, str] | None = None,
+) -> str:
+    """A GitHub-flavoured Markdown table, then the details as lists, the totals,
+    the versions audited and the next step."""
+    shown = _shown(results, dtypes, only_drift)
     lines = [
         "| case | " + " | ".join(dtypes) + " |",
         "| --- |" + " --- |" * len(dtypes),
     ]
-    for name, row in _rows(results, dtypes):
+    for name, row in _rows(shown, dtypes):
         cells = [_md(f"`{name}`")] + [_md(summary(r)) for r in row]
         lines.append("| " + " | ".join(cells) + " |")
-    details = _details(results, dtypes)
+    details = _details(shown, dtypes)
     if details:
         lines += ["", "### Details", ""]
         for title, block in details:
-            lines.append(f"- **{title}**")
+            lines.append(f"- **{_md(title)}**")
             lines += [f"  - `{line}`" for line in block]
     lines += ["", _totals(results, dtypes) + "."]
+    if versions:
+        audited = ", ".join(f"{name} {version}" for name, version in versions.items())
+        lines += ["", f"Audited with {audited}."]
+    lines += ["", next_step(results)]
     return "\n".join(lines) + "\n"
 
 
-def render_json(results: Sequence[Any]) -> str:
-    """The JSON document: `{"jax_dtypeguard": VERSION, "cases": [...]}`."""
+def render_json(results: Sequence[Any], versions: dict[str, str] | None = None) -> str:
+    """The JSON document: `{"jax_dtypeguard": VERSION, "versions": {...}, "cases": [...]}`."""
     cases = [
         {
             "name": r.name,
             "dtype": r.dtype,
+            "x64": bool(getattr(r, "x64", False)),
             "status": r.status,
             "reason": r.reason,
             "mismatches": [
@@ -281,16 +347,21 @@ def render_json(results: Sequence[Any]) -> str:
                 for m in r.mismatches
             ],
             "compiles": r.compiles,
+            "warnings": list(getattr(r, "warnings", None) or []),
         }
         for r in results
     ]
-    return json.dumps({"jax_dtypeguard": __version__, "cases": cases}, indent=2) + "\n"
+    document = {"jax_dtypeguard": __version__, "versions": versions or {}, "cases": cases}
+    return json.dumps(document, indent=2) + "\n"
 
 
-def _print_rich_table(results: Sequence[Any], dtypes: Sequence[str], stream: IO[str]) -> None:
+def _print_rich_table(
+    results: Sequence[Any], dtypes: Sequence[str], stream: IO[str], only_drift: bool = False
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    everything, results = results, _shown(results, dtypes, only_drift)
     styles = {"ok": "green", "drift": "red", "skipped": "dim", "error": "yellow"}
     table = Table(header_style="bold")
     table.add_column("case", no_wrap=True)
@@ -307,7 +378,8 @@ def _print_rich_table(results: Sequence[Any], dtypes: Sequence[str], stream: IO[
             console.print(f"[bold]{title}[/]:", markup=True)
             for line in block:
                 console.print(f"  {line}", markup=False, soft_wrap=True)
-    console.print("\n" + _totals(results, dtypes), markup=False)
+    console.print("\n" + _totals(everything, dtypes), markup=False)
+    console.print(next_step(everything), markup=False)
 
 
 # --- progress -------------------------------------------------------------
@@ -362,23 +434,25 @@ def _plain_progress(done: int, total: int, label: str) -> None:
 # --- the command ----------------------------------------------------------
 
 
-def _dtypes(text: str, check: Callable[[str], str]) -> list[str]:
+def _columns(text: str, x64: bool, columns: Callable[..., Any]) -> list[Any]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise _UsageError("--dtypes needs at least one dtype name")
-    return [check(name) for name in names]
+    return columns(names, x64)
+
+
+_OPTAX_TARGETS = ("optax", "optax.contrib")
 
 
 def _audit(options: argparse.Namespace) -> int:
     from . import _audit
 
     try:
-        dtypes = _dtypes(options.dtypes, _audit.check_dtype)
+        columns = _columns(options.dtypes, options.x64 == "on", _audit.columns)
         grads_dtype = options.grads_dtype and _audit.check_dtype(options.grads_dtype)
-        targets = options.targets or [_audit.OPTAX_TARGET]
-        if grads_dtype and _audit.OPTAX_TARGET not in targets:
+        if grads_dtype and options.targets and not set(_OPTAX_TARGETS) & set(options.targets):
             raise _UsageError(
-                f"--grads-dtype applies to the '{_audit.OPTAX_TARGET}' target only; "
+                "--grads-dtype applies to the 'optax' and 'optax.contrib' targets only; "
                 "build mixed-precision arguments in your Cases' make_args"
             )
         output = None
@@ -387,21 +461,17 @@ def _audit(options: argparse.Namespace) -> int:
                 output = open(options.output, "w", encoding="utf-8")  # noqa: SIM115
             except OSError as error:
                 raise _UsageError(f"cannot write --output {options.output}: {error}") from None
-        items: list[Any] = []
-        for target in targets:
-            if target == _audit.OPTAX_TARGET:
-                items += _audit.optax_cases(grads_dtype)
-            else:
-                items += _audit.load_target(target)
+        items, libraries = _audit.load_targets(options.targets, grads_dtype)
     except _audit.UsageError as error:
         raise _UsageError(str(error)) from None
+    labels = [column.label for column in columns]
     stream = output or sys.stdout
     show_progress = options.format != "json" and sys.stderr.isatty()
     try:
         with _progress(show_progress) as progress:
             results = _audit.audit(
                 items,
-                dtypes,
+                columns,
                 weak_type=options.weak_type,
                 jit=options.jit,
                 cast=options.cast,
@@ -409,13 +479,14 @@ def _audit(options: argparse.Namespace) -> int:
                 progress=progress,
             )
         if options.format == "json":
-            stream.write(render_json(results))
+            stream.write(render_json(results, _audit.library_versions(libraries)))
         elif options.format == "markdown":
-            stream.write(render_markdown(results, dtypes))
+            versions = _audit.library_versions(libraries)
+            stream.write(render_markdown(results, labels, options.only_drift, versions))
         elif output is None and stream.isatty() and _has_rich():
-            _print_rich_table(results, dtypes, stream)
+            _print_rich_table(results, labels, stream, options.only_drift)
         else:
-            stream.write(render_table(results, dtypes))
+            stream.write(render_table(results, labels, options.only_drift))
     finally:
         if output is not None:
             output.close()

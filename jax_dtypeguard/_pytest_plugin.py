@@ -67,7 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{_X64_MARKER}(dtype): set by jax_dtypeguard.testing.parametrize_dtypes: "
-        "x64 on for a 64-bit dtype, off otherwise, fixtures included.",
+        "x64 on for a 64-bit dtype (and float32+x64), the session's setting otherwise, "
+        "fixtures included.",
     )
 
 

@@ -15,11 +15,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._compare import compare_states
 from ._compat import enable_x64
 from ._decorator import _validate
-from ._errors import Mismatch, StateDtypeError
+from ._errors import Mismatch, StateDtypeError, format_report
 from ._guard import Guard
 from ._plan import CallPlan, StateParameter, describe_location
+from ._provenance import explain
 
 __all__ = [
     "DTYPES",
@@ -56,30 +58,87 @@ CaseError.__module__ = "jax_dtypeguard.testing"
 _TRACEABLE = (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, bool, int, float, complex)
 
 
+def _is_traceable(leaf: Any) -> bool:
+    """Whether JAX can trace `leaf`: an array, a `ShapeDtypeStruct`, a NumPy value or a
+    Python scalar. Anything else (a function, a string) is a static part of a state."""
+    return isinstance(leaf, _TRACEABLE)
+
+
 def _split_static(
-    tree: Any, traced_types: tuple[type, ...] = _TRACEABLE
+    tree: Any, traced: Callable[[Any], bool] | None = None
 ) -> tuple[list[Any], Callable[[list[Any]], Any]]:
     """The leaves of `tree` that JAX should trace, and a function rebuilding the
-    tree from new values for them; every other leaf (a function, a string) is
-    kept as it is, a constant of the trace."""
+    tree from new values for them; every other leaf is kept as it is, a constant
+    of the trace. `traced` narrows which traceable leaves are traced
+    (`eqx.is_array` keeps Python scalars static); a leaf JAX cannot trace is
+    static whatever it says."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    traced = [isinstance(leaf, traced_types) for leaf in leaves]
+    flags = [_is_traceable(leaf) and (traced is None or bool(traced(leaf))) for leaf in leaves]
 
     def rebuild(values: list[Any]) -> Any:
         it = iter(values)
-        full = [next(it) if t else leaf for leaf, t in zip(leaves, traced)]
+        full = [next(it) if t else leaf for leaf, t in zip(leaves, flags)]
         return jax.tree_util.tree_unflatten(treedef, full)
 
-    return [leaf for leaf, t in zip(leaves, traced) if t], rebuild
+    return [leaf for leaf, t in zip(leaves, flags) if t], rebuild
+
+
+def _positions(state_arg: Any, what: str) -> tuple[int, ...]:
+    """`state_arg` as a tuple of positions; `TypeError` unless ints or a tuple of them."""
+    items = state_arg if isinstance(state_arg, tuple) else (state_arg,)
+    if not items or any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+        raise TypeError(
+            f"{what}state_arg must be an int position or a tuple of them; got {state_arg!r}."
+        )
+    if len(set(items)) != len(items):
+        raise ValueError(f"{what}state_arg={state_arg!r} names a position twice.")
+    return items
+
+
+def _outs(out: Any, count: int, what: str) -> Any:
+    """`out` checked against a state of `count` parts (a tuple of ints for several)."""
+    if count == 1:
+        if out is not None and (isinstance(out, bool) or not isinstance(out, int)):
+            raise TypeError(f"{what}out must be None or an int index; got {out!r}.")
+        return out
+    if out is None:
+        return tuple(range(count))  # the return value is the tuple of the parts
+    if (
+        not isinstance(out, tuple)
+        or len(out) != count
+        or any(isinstance(i, bool) or not isinstance(i, int) for i in out)
+    ):
+        raise TypeError(
+            f"{what}out must be a tuple of {count} int indices, one per part of the state "
+            f"(state_arg has {count}); got {out!r}."
+        )
+    return out
+
+
+def _insert_parts(args: Sequence[Any], positions: Any, parts: Sequence[Any]) -> list[Any]:
+    """`args` with each part of the state inserted at its position in the full call."""
+    total = len(args) + len(positions)
+    for position in positions:
+        if not 0 <= position < total:
+            raise ValueError(
+                f"state_arg={positions if len(positions) > 1 else positions[0]} must be "
+                f"position(s) from 0 to {total - 1}: the state is inserted among the "
+                f"{len(args)} other positional arguments."
+            )
+    call_args = list(args)
+    for position, part in sorted(zip(positions, parts), key=lambda item: item[0]):
+        call_args.insert(position, part)
+    return call_args
 
 
 def assert_state_dtype_invariant(
     fn: Callable[..., Any],
     state: Any,
     *args: Any,
-    state_arg: int = 0,
-    out: int | None = None,
+    state_arg: int | tuple[int, ...] = 0,
+    out: int | tuple[int, ...] | None = None,
     weak_type: bool = True,
+    traced: Callable[[Any], bool] | None = None,
     **kwargs: Any,
 ) -> None:
     """Checks that `fn` keeps `state`'s types, by abstract evaluation only.
@@ -95,11 +154,18 @@ def assert_state_dtype_invariant(
 
     - `fn`: the step function.
     - `state`: the state; it is inserted among `args` at position `state_arg`.
+      For a state spread over several arguments, a tuple of its parts.
     - `*args`, `**kwargs`: the other arguments of `fn`.
-    - `state_arg`: the state's position among `fn`'s positional arguments.
+    - `state_arg`: the state's position among `fn`'s positional arguments, or
+      a tuple of positions, one per part (`(1, 4)` for Optimistix's
+      `step(fn, y, args, options, state, tags)`).
     - `out`: where the new state is in `fn`'s return value (as in
-      `state_dtype_invariant`): `None` for the whole return value.
+      `state_dtype_invariant`): `None` for the whole return value; for a
+      state in several parts, a tuple of indices, one per part (`(0, 1)`).
     - `weak_type`: whether a change of weak_type alone counts as drift.
+    - `traced`: which leaves are traced, a predicate such as `eqx.is_array`
+      (Python scalars then stay static, as under `eqx.filter_jit`); default:
+      every array and Python scalar. Leaves that are neither are static always.
 
     **Returns:**
 
@@ -107,8 +173,9 @@ def assert_state_dtype_invariant(
 
     **Raises:**
 
-    `StateDtypeError` listing every drifting leaf; `TypeError`/`ValueError`
-    on misuse; whatever `fn` raises while tracing.
+    `StateDtypeError` listing every drifting leaf, with paths that start with
+    the name of the parameter that holds it; `TypeError`/`ValueError` on
+    misuse; whatever `fn` raises while tracing.
 
     !!! Example
         ```python
@@ -122,24 +189,147 @@ def assert_state_dtype_invariant(
         raise TypeError(
             f"assert_state_dtype_invariant expects a function; got {type(fn).__name__} {fn!r}."
         )
-    if isinstance(state_arg, bool) or not isinstance(state_arg, int):
-        raise TypeError(f"state_arg must be an int position; got {state_arg!r}.")
-    if not 0 <= state_arg <= len(args):
-        raise ValueError(
-            f"state_arg={state_arg} must be a position from 0 to {len(args)}: the state "
-            f"is inserted among the {len(args)} other positional arguments."
-        )
-    _validate("check", weak_type, True, out, None)
-    call_args = [*args[:state_arg], state, *args[state_arg:]]
-    plan = CallPlan.single(StateParameter.at(fn, state_arg, "state"), out)
-    guard = Guard(fn, plan, mode="check", weak_type=weak_type, follows_config=False)
-    inputs, rebuild = _split_static((call_args, kwargs))
+    positions = _positions(state_arg, "")
+    several = isinstance(state_arg, tuple)
+    if several:
+        if not isinstance(state, (tuple, list)) or len(state) != len(positions):
+            raise TypeError(
+                f"state_arg={state_arg!r} spreads the state over {len(positions)} arguments: "
+                f"pass the state as a tuple of {len(positions)} parts; got "
+                f"{type(state).__name__}."
+            )
+        out = _outs(out, len(positions), "")
+        parts = tuple(state)
+    else:
+        out = _outs(out, 1, "")
+        parts = (state,)
+        if not 0 <= positions[0] <= len(args):
+            raise ValueError(
+                f"state_arg={state_arg} must be a position from 0 to {len(args)}: the state "
+                f"is inserted among the {len(args)} other positional arguments."
+            )
+    _validate("check", weak_type, True, None, None)
+    call_args = _insert_parts(args, positions, parts)
+    outs: tuple[Any, ...] = out if isinstance(out, tuple) else (out,)
+    if traced is not None:
+        guard: Callable[..., Any] = _PartsCheck(fn, positions, outs, weak_type, traced)
+    else:
+        fallback = ["state"] if not several else [f"state{i}" for i in range(len(positions))]
+        states = tuple(StateParameter.at(fn, p, f) for p, f in zip(positions, fallback))
+        plan = CallPlan(states, outs)
+        guard = Guard(fn, plan, mode="check", weak_type=weak_type, follows_config=False)
+    inputs, rebuild = _split_static((call_args, kwargs), traced)
 
-    def traced(values: list[Any]) -> Any:
+    def run(values: list[Any]) -> Any:
         positional, keywords = rebuild(values)
         guard(*positional, **keywords)
 
-    jax.eval_shape(traced, inputs)
+    jax.eval_shape(run, inputs)
+
+
+class _PartsCheck:
+    """The check of a state split by a `traced` predicate, in one part or several.
+
+    Each part is split as Equinox's `partition` splits it: the traced half is
+    compared leaf by leaf, the static half (Python scalars included, which the
+    core compares by their type) by value, as Optimistix's `eqx.tree_equal`
+    does. Paths are rooted at each part's parameter name (`y`,
+    `state.f_info.grad`). Without `traced`, the core `Guard` checks a state in
+    one part or several.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        positions: tuple[int, ...],
+        outs: tuple[int | None, ...],
+        weak_type: bool,
+        traced: Callable[[Any], bool] | None,
+    ) -> None:
+        self.fn = fn
+        fallback = (
+            ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
+        )
+        self.parameters = [StateParameter.at(fn, p, f) for p, f in zip(positions, fallback)]
+        self.outs = outs
+        self.weak_type = weak_type
+        self.traced = traced
+
+    def _select(self, result: Any, index: int | None, name: str) -> Any:
+        if index is None:
+            return result
+        if not isinstance(result, (tuple, list)):
+            raise TypeError(
+                f"{name} returned a {type(result).__name__}, but out={self.outs} expects a "
+                "tuple or list holding the new state."
+            )
+        if not -len(result) <= index < len(result):
+            raise ValueError(
+                f"out={self.outs} is past the {len(result)} values {name} returned; "
+                f"use indices below {len(result)}."
+            )
+        return result[index]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.fn(*args, **kwargs)
+        name, location = describe_location(self.fn)
+        mismatches: list[Mismatch] = []
+        for parameter, index in zip(self.parameters, self.outs):
+            part_in = args[parameter.position]  # type: ignore[index]
+            part_out = self._select(result, index, name)
+            dynamic_in, static_in = self._partition(part_in)
+            dynamic_out, static_out = self._partition(part_out)
+            found = list(
+                compare_states(dynamic_in, dynamic_out, parameter.name, self.weak_type).mismatches
+            )
+            if found:
+                found = explain(self.fn, parameter, index, args, kwargs, found)
+            mismatches += found + _static_changes(static_in, static_out, parameter.name)
+        if mismatches:
+            names = ", ".join(p.name for p in self.parameters)
+            message = format_report(name, location, names, mismatches, "check")
+            raise StateDtypeError(message, mismatches, name)
+        return result
+
+    def _partition(self, tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
+        """(the tree with its static leaves replaced by None, the static leaves by path)."""
+        if self.traced is None:
+            return tree, []
+        entries, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        flags = [_is_traceable(leaf) and bool(self.traced(leaf)) for _, leaf in entries]
+        dynamic = [leaf if flag else None for (_, leaf), flag in zip(entries, flags)]
+        static = [
+            (jax.tree_util.keystr(path), leaf)
+            for (path, leaf), flag in zip(entries, flags)
+            if not flag
+        ]
+        return jax.tree_util.tree_unflatten(treedef, dynamic), static
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
+
+
+def _static_changes(
+    before: list[tuple[str, Any]], after: list[tuple[str, Any]], root: str
+) -> list[Mismatch]:
+    """A `structure` mismatch for each static leaf whose value changed."""
+    values = dict(after)
+    return [
+        Mismatch(root + path, "structure", _short_repr(old), _short_repr(values[path]))
+        for path, old in before
+        if path in values and not _equal(old, values[path])
+    ]
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _no_args(dtype: str) -> tuple[Any, ...]:
@@ -155,13 +345,19 @@ class Case:
     - `name`: shown in reports and errors.
     - `fn`: the step function.
     - `make_state`: `make_state(dtype)` builds the state for a dtype name
-      (`"float16"`, ...).
+      (`"float16"`, ...); a tuple of parts when `state_arg` is a tuple.
     - `make_args`: `make_args(dtype)` builds the other positional arguments,
       as a tuple (default: none).
     - `state_arg`: where the state is inserted among the positional
-      arguments, as in `assert_state_dtype_invariant`.
-    - `out`: where the new state is in `fn`'s return value.
+      arguments, as in `assert_state_dtype_invariant`; a tuple of positions
+      for a state spread over several arguments.
+    - `out`: where the new state is in `fn`'s return value; a tuple of
+      indices for a state in several parts.
     - `kwargs`: keyword arguments for `fn`.
+    - `make`: instead of `make_state` and `make_args`, one factory
+      `make(dtype) -> (state, args)`, for when both come from one `init`.
+    - `traced`: which leaves are traced, as in `assert_state_dtype_invariant`
+      (`eqx.is_array`: Python scalars stay static, as under `eqx.filter_jit`).
 
     !!! Example
         ```python
@@ -180,47 +376,52 @@ class Case:
 
     name: str
     fn: Callable[..., Any]
-    make_state: Callable[[str], Any]
+    make_state: Callable[[str], Any] | None = None
     make_args: Callable[[str], Sequence[Any]] = _no_args
-    state_arg: int = 0
-    out: int | None = None
+    state_arg: int | tuple[int, ...] = 0
+    out: int | tuple[int, ...] | None = None
     kwargs: Mapping[str, Any] | None = None
+    make: Callable[[str], tuple[Any, Sequence[Any]]] | None = None
+    traced: Callable[[Any], bool] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise TypeError(
                 f"Case name must be a str; got {type(self.name).__name__} {self.name!r}."
             )
-        for field in ("fn", "make_state", "make_args"):
+        what = f"Case {self.name!r}: "
+        if (self.make is None) == (self.make_state is None):
+            raise TypeError(
+                f"{what}give either make_state (and make_args) or make, not "
+                f"{'both' if self.make is not None else 'neither'}."
+            )
+        if self.make is not None and self.make_args is not _no_args:
+            raise TypeError(f"{what}make builds the arguments too; drop make_args.")
+        for field in ("fn", "make_state", "make_args", "make", "traced"):
             value = getattr(self, field)
-            if not callable(value):
+            if (value is not None or field == "fn") and not callable(value):
                 raise TypeError(
-                    f"Case {self.name!r}: {field} must be callable; got "
-                    f"{type(value).__name__} {value!r}."
+                    f"{what}{field} must be callable; got {type(value).__name__} {value!r}."
                 )
-        if isinstance(self.state_arg, bool) or not isinstance(self.state_arg, int):
-            raise TypeError(
-                f"Case {self.name!r}: state_arg must be an int position; got {self.state_arg!r}."
-            )
-        if self.out is not None and (isinstance(self.out, bool) or not isinstance(self.out, int)):
-            raise TypeError(
-                f"Case {self.name!r}: out must be None or an int index; got {self.out!r}."
-            )
+        positions = _positions(self.state_arg, what)
+        _outs(self.out, len(positions) if isinstance(self.state_arg, tuple) else 1, what)
         if self.kwargs is not None and not isinstance(self.kwargs, Mapping):
             raise TypeError(
-                f"Case {self.name!r}: kwargs must be a mapping of keyword arguments; "
+                f"{what}kwargs must be a mapping of keyword arguments; "
                 f"got {type(self.kwargs).__name__} {self.kwargs!r}."
             )
 
     def run(self, dtype: str, *, weak_type: bool = True) -> list[Mismatch]:
         """The mismatches of this case at `dtype`; an empty list means it holds.
 
-        Runs abstractly, with x64 on exactly when `dtype` is a 64-bit type
-        (see `x64_for`).
+        Runs abstractly. x64 is on within a 64-bit run and a `"float32+x64"`
+        run (a float32 state with x64 on); any other run keeps the caller's
+        setting (see `x64_for`).
 
         **Arguments:**
 
-        - `dtype`: a dtype name such as `"bfloat16"` (or a dtype).
+        - `dtype`: a dtype name such as `"bfloat16"` (or a dtype), or
+          `"float32+x64"`.
         - `weak_type`: whether a change of weak_type alone counts as drift.
 
         **Returns:**
@@ -233,42 +434,61 @@ class Case:
         function raises (the original exception is its `__cause__`);
         `ValueError` for an unknown dtype.
         """
-        return self._run(dtype, weak_type=weak_type, widest=dtype)
+        name, x64 = _configuration(dtype)
+        with _x64(x64):
+            return self._run(name, weak_type=weak_type, label=_label(name, x64))
 
-    def _run(self, dtype: Any, *, weak_type: bool, widest: Any) -> list[Mismatch]:
-        """`run`, with x64 set by `widest`, the widest dtype the inputs hold
-        (the audit's mixed precision gives the arguments another dtype)."""
-        name = _dtype_name(dtype)
-        where = f"Case {self.name!r} at dtype {name}"
-        with x64_for(_dtype_name(widest)):
-            state = self._build(where, name, "make_state", self.make_state)
-            args = self._build(where, name, "make_args", self.make_args)
-            if not isinstance(args, (tuple, list)):
+    def inputs(self, dtype: str, label: str | None = None) -> tuple[Any, list[Any]]:
+        """`(state, args)` at dtype name `dtype`, from the factories; `CaseError` if they fail."""
+        where = f"Case {self.name!r} at dtype {label or dtype}"
+        if self.make is not None:
+            made = self._build(where, dtype, "make", self.make)
+            if not isinstance(made, (tuple, list)) or len(made) != 2:
                 raise CaseError(
-                    f"{where}: make_args must return a tuple of the other positional "
-                    f"arguments; got {type(args).__name__}. Wrap a single argument: (x,).",
+                    f"{where}: make must return (state, args); got {type(made).__name__}.",
                     self.name,
-                    name,
+                    label or dtype,
                 )
-            try:
-                assert_state_dtype_invariant(
-                    self.fn,
-                    state,
-                    *args,
-                    state_arg=self.state_arg,
-                    out=self.out,
-                    weak_type=weak_type,
-                    **dict(self.kwargs or {}),
-                )
-            except StateDtypeError as error:
-                return error.mismatches
-            except Exception as error:
-                function = describe_location(self.fn)[0]
-                raise CaseError(
-                    f"{where}: tracing {function} raised {type(error).__name__}: {error}",
-                    self.name,
-                    name,
-                ) from error
+            state, args = made
+        else:
+            assert self.make_state is not None
+            state = self._build(where, dtype, "make_state", self.make_state)
+            args = self._build(where, dtype, "make_args", self.make_args)
+        if not isinstance(args, (tuple, list)):
+            factory = "make" if self.make is not None else "make_args"
+            raise CaseError(
+                f"{where}: {factory} must return a tuple of the other positional "
+                f"arguments; got {type(args).__name__}. Wrap a single argument: (x,).",
+                self.name,
+                label or dtype,
+            )
+        return state, list(args)
+
+    def _run(self, dtype: str, *, weak_type: bool, label: str | None = None) -> list[Mismatch]:
+        """`run` at dtype name `dtype` under the x64 setting in force."""
+        label = label or dtype
+        where = f"Case {self.name!r} at dtype {label}"
+        state, args = self.inputs(dtype, label)
+        try:
+            assert_state_dtype_invariant(
+                self.fn,
+                state,
+                *args,
+                state_arg=self.state_arg,
+                out=self.out,
+                weak_type=weak_type,
+                traced=self.traced,
+                **dict(self.kwargs or {}),
+            )
+        except StateDtypeError as error:
+            return error.mismatches
+        except Exception as error:
+            function = describe_location(self.fn)[0]
+            raise CaseError(
+                f"{where}: tracing {function} raised {type(error).__name__}: {error}",
+                self.name,
+                label,
+            ) from error
         return []
 
     def _build(self, where: str, dtype: str, field: str, factory: Callable[[str], Any]) -> Any:
@@ -280,6 +500,27 @@ class Case:
                 self.name,
                 dtype,
             ) from error
+
+
+X64_SUFFIX = "+x64"
+
+
+def _configuration(name: Any) -> tuple[str, bool | None]:
+    """`(dtype name, x64)` of a sweep column: `"float32+x64"` -> `("float32", True)`,
+    `"float64"` -> `("float64", True)`, `"float32"` -> `("float32", None)` (the
+    caller's setting). `ValueError` for an unknown dtype."""
+    if isinstance(name, str) and name.endswith(X64_SUFFIX):
+        return _dtype_name(name[: -len(X64_SUFFIX)]), True
+    dtype = _dtype_name(name)
+    return dtype, True if _needs_x64(dtype) else None
+
+
+def _label(dtype: str, x64: bool | None) -> str:
+    return dtype + X64_SUFFIX if x64 and not _needs_x64(dtype) else dtype
+
+
+def _x64(x64: bool | None) -> Any:
+    return contextlib.nullcontext() if x64 is None else enable_x64(x64)
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -302,14 +543,14 @@ def _needs_x64(name: str) -> bool:
 
 @contextlib.contextmanager
 def x64_for(dtype: str) -> Iterator[None]:
-    """x64 on within the block for a 64-bit dtype, off for any other.
+    """x64 on within the block for a 64-bit dtype or a `"+x64"` configuration
+    (`"float32+x64"`); for any other dtype the caller's setting stays as it is.
 
-    The caller's setting is restored on exit, so each dtype of a sweep sees
-    the same configuration whatever the caller's.
+    The caller's setting is restored on exit.
 
     **Arguments:**
 
-    - `dtype`: a dtype name (or a dtype).
+    - `dtype`: a dtype name (or a dtype), or a `"+x64"` configuration.
 
     **Raises:**
 
@@ -323,10 +564,12 @@ def x64_for(dtype: str) -> Iterator[None]:
 
         with x64_for("float64"):
             assert jnp.ones(2, "float64").dtype == jnp.float64
+        with x64_for("float32+x64"):
+            assert jax.config.jax_enable_x64
         assert not jax.config.jax_enable_x64
         ```
     """
-    with enable_x64(_needs_x64(_dtype_name(dtype))):
+    with _x64(_configuration(dtype)[1]):
         yield
 
 
@@ -335,13 +578,15 @@ def dtype_sweep(
 ) -> dict[str, list[Mismatch]]:
     """Runs `case` at each dtype; an empty list means the dtype holds.
 
-    x64 is on only within 64-bit runs, and the caller's setting is restored.
+    x64 is forced on within 64-bit runs and `"float32+x64"` (a float32 state
+    with x64 on); the other runs keep the caller's setting, which is restored
+    at the end.
 
     **Arguments:**
 
     - `case`: the `Case`.
     - `dtypes`: dtype names (default `DTYPES`: float16, bfloat16, float32,
-      float64).
+      float64), and `"float32+x64"`.
     - `weak_type`: whether a change of weak_type alone counts as drift.
 
     **Returns:**
@@ -360,6 +605,7 @@ def dtype_sweep(
 
         case = Case("halve", lambda s: s * 0.5, lambda dtype: jnp.ones(2, dtype))
         assert dtype_sweep(case) == {d: [] for d in ("float16", "bfloat16", "float32", "float64")}
+        assert dtype_sweep(case, ["float32+x64"]) == {"float32+x64": []}
         ```
     """
     if not isinstance(case, Case):
@@ -367,15 +613,15 @@ def dtype_sweep(
             f"dtype_sweep expects a jax_dtypeguard.testing.Case; got {type(case).__name__} "
             f"{case!r}."
         )
-    names = [_dtype_name(d) for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
+    names = [_label(*_configuration(d)) for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
     return {name: case.run(name, weak_type=weak_type) for name in names}
 
 
 def parametrize_dtypes(dtypes: Sequence[str] = DTYPES) -> Callable[[Any], Any]:
     """A pytest parametrization giving the test a `dtype` argument (a name).
 
-    x64 is on within the 64-bit cases only, and off in the others. With the
-    plugin active (the default once `jax_dtypeguard` is installed), that
+    x64 is forced on within the 64-bit cases (and `"float32+x64"`); the
+    others keep the caller's setting. With the plugin active (the default once `jax_dtypeguard` is installed), that
     scope also covers the test's function-scoped fixtures.
 
     **Arguments:**
@@ -398,7 +644,7 @@ def parametrize_dtypes(dtypes: Sequence[str] = DTYPES) -> Callable[[Any], Any]:
     """
     import pytest
 
-    names = [_dtype_name(d) for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
+    names = [_label(*_configuration(d)) for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
     params = [
         pytest.param(name, id=name, marks=getattr(pytest.mark, X64_MARKER)(name)) for name in names
     ]

@@ -43,8 +43,8 @@ def test_table_rows_columns_details_and_totals(capsys):
     assert status == 1
     assert err == ""
     lines = out.splitlines()
-    assert lines[0].split() == ["case", "float16", "bfloat16", "float32", "float64"]
-    assert lines[2].split() == ["decay", "ok", "ok", "ok", "ok"]
+    assert lines[0].split() == ["case", "float16", "bfloat16", "float32", "float32+x64", "float64"]
+    assert lines[2].split() == ["decay", "ok", "ok", "ok", "ok", "ok"]
     assert lines[3].split() == [
         "promote",
         "dtype:",
@@ -55,19 +55,23 @@ def test_table_rows_columns_details_and_totals(capsys):
         "bf16->f32",
         "ok",
         "ok",
+        "ok",
     ]
     assert "Details:" in out
     assert "promote (float16):" in out
     assert "  state: float16[3] -> float32[3]  (first at add" in out
     assert "[dtype]" in out
-    assert out.rstrip().endswith("2 cases x 4 dtypes: 6 ok, 2 drift, 0 skipped, 0 error")
+    *_, totals, next_step = out.rstrip().splitlines()
+    assert totals == "2 cases x 5 columns: 8 ok, 2 drift, 0 skipped, 0 error"
+    assert next_step.startswith("Next step: guard what drifts with jax_dtypeguard.optax.invariant")
 
 
 def test_stable_target_exits_0_without_details(capsys):
     status, out, _ = audit(capsys, "tests.audit_cases:stable")
     assert status == 0
     assert "Details:" not in out
-    assert "1 case x 4 dtypes: 4 ok, 0 drift, 0 skipped, 0 error" in out
+    assert "1 case x 5 columns: 5 ok, 0 drift, 0 skipped, 0 error" in out
+    assert out.rstrip().endswith("Next step: nothing drifts; run this audit in CI to keep it so.")
 
 
 def test_several_targets_and_a_callable_target(capsys):
@@ -118,7 +122,8 @@ def test_json_document(capsys):
     assert status == 1
     assert err == ""
     document = json.loads(out)
-    assert set(document) == {"jax_dtypeguard", "cases"}
+    assert set(document) == {"jax_dtypeguard", "versions", "cases"}
+    assert set(document["versions"]) >= {"jax", "jaxlib"}
     assert document["jax_dtypeguard"] == jax_dtypeguard.__version__
     cases = document["cases"]
     assert [(c["name"], c["dtype"], c["status"]) for c in cases] == [
@@ -128,7 +133,18 @@ def test_json_document(capsys):
         ("promote", "float32", "ok"),
     ]
     for case in cases:
-        assert set(case) == {"name", "dtype", "status", "reason", "mismatches", "compiles"}
+        assert set(case) == {
+            "name",
+            "dtype",
+            "x64",
+            "status",
+            "reason",
+            "mismatches",
+            "compiles",
+            "warnings",
+        }
+        assert case["x64"] is False
+        assert case["warnings"] == []
         assert case["compiles"] is None
         assert case["reason"] is None
     (mismatch,) = cases[2]["mismatches"]
@@ -188,12 +204,16 @@ def test_output_file(capsys, tmp_path):
     ("args", "fragment"),
     [
         (["no_such_module_xyz:cases"], "cannot import 'no_such_module_xyz'"),
-        (["tests.audit_cases"], "is not of the form module:attribute"),
+        (["tests.audit_cases"], "unknown target 'tests.audit_cases': use a registered target"),
         (["tests.audit_cases:nothing"], "has no attribute 'nothing'"),
         (["tests.audit_cases:not_cases"], "not a jax_dtypeguard.testing.Case"),
         ([CASES, "--dtypes", "float17"], "unknown dtype 'float17'"),
         ([CASES, "--dtypes", ","], "--dtypes needs at least one dtype name"),
-        ([CASES, "--grads-dtype", "float32"], "--grads-dtype applies to the 'optax' target"),
+        (
+            [CASES, "--grads-dtype", "float32"],
+            "--grads-dtype applies to the 'optax' and 'optax.contrib' targets only",
+        ),
+        ([CASES, "--x64", "maybe"], "invalid choice: 'maybe'"),
         ([CASES, "--format", "xml"], "invalid choice: 'xml'"),
         ([CASES, "--frobnicate"], "unrecognized arguments: --frobnicate"),
         ([CASES, "--output", "/no/such/dir/out.txt"], "cannot write --output"),
@@ -209,13 +229,44 @@ def test_bad_usage_is_one_line_and_exit_2(capsys, args, fragment):
     assert "Traceback" not in err
 
 
-def test_default_target_without_optax_is_bad_usage(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "optax", None)  # import optax -> ImportError
-    status, out, err = audit(capsys)
-    assert status == 2
-    assert out == ""
-    assert err.startswith("jax-dtypeguard: error: the default target needs optax")
-    assert "pip install 'jax_dtypeguard[optax]'" in err
+def test_a_target_whose_library_is_missing_is_a_skipped_row(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optimistix", None)  # import optimistix -> ImportError
+    status, out, err = audit(capsys, "optimistix", "--dtypes", "float32")
+    assert status == 0
+    assert err == ""
+    assert out.splitlines()[2].split() == ["optimistix", "skipped"]
+    assert (
+        "skipped: optimistix is not installed, so its target is skipped: "
+        "pip install 'jax_dtypeguard[all]'"
+    ) in out
+
+
+def test_x64_on_adds_a_column_per_16_and_32_bit_dtype(capsys):
+    status, out, _ = audit(
+        capsys, "tests.audit_cases:stable", "--dtypes", "float16,float64", "--x64", "on"
+    )
+    assert status == 0
+    assert out.splitlines()[0].split() == ["case", "float16", "float16+x64", "float64"]
+
+
+def test_only_drift_shows_rows_with_something_to_report(capsys):
+    status, out, _ = audit(capsys, CASES, "--only-drift", *TWO)
+    assert status == 1
+    rows = [line.split()[0] for line in out.splitlines()[2:] if line.strip()][:1]
+    assert rows == ["promote"]
+    assert "decay" not in out
+    assert "2 cases x 2 columns: 3 ok, 1 drift, 0 skipped, 0 error" in out
+
+
+def test_warnings_are_in_the_row(capsys):
+    status, out, _ = audit(capsys, "tests.audit_cases:truncating", "--dtypes", "float32")
+    assert status == 0
+    assert "warning: UserWarning: Explicitly requested dtype float64" in out
+    _, out, _ = audit(
+        capsys, "tests.audit_cases:truncating", "--dtypes", "float32", "--format", "json"
+    )
+    (case,) = json.loads(out)["cases"]
+    assert case["warnings"][0].startswith("UserWarning: Explicitly requested dtype float64")
 
 
 def test_no_command_prints_help_and_exits_2(capsys):
@@ -327,3 +378,19 @@ def test_python_m_bad_target_has_no_traceback():
     assert done.stdout == ""
     assert done.stderr.startswith("jax-dtypeguard: error: cannot import 'no_such_module_xyz'")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_python_m_audit_optimistix_and_diffrax():
+    pytest.importorskip("optimistix")
+    pytest.importorskip("diffrax")
+    done = _run(
+        "audit", "optimistix", "diffrax", "--dtypes", "float32,float32+x64", "--format", "json"
+    )
+    assert done.returncode == 1, done.stderr  # Optimistix's BestSoFar* drift
+    assert done.stderr == ""
+    document = json.loads(done.stdout)
+    assert set(document["versions"]) >= {"jax", "jaxlib", "optimistix", "diffrax"}
+    by_name = {(c["name"], c["x64"]): c["status"] for c in document["cases"]}
+    assert by_name["optimistix.BFGS", False] == by_name["diffrax.Tsit5", True] == "ok"
+    assert {c["status"] for c in document["cases"]} <= {"ok", "drift", "skipped"}

@@ -572,21 +572,9 @@ QUICK = {"adam", "sgd", "lbfgs"}
 
 def optax_optimizers():
     """Every optimizer function in Optax's aliases and in `optax.contrib`, by name."""
-    found = {}
-    for module, origin, prefix in (
-        (optax, "optax._src.alias", ""),
-        (optax.contrib, "optax.contrib", "contrib."),
-    ):
-        for name in sorted(dir(module)):
-            fn = getattr(module, name)
-            if (
-                not name.startswith(("_", "scale_by_"))
-                and inspect.isfunction(fn)
-                and fn.__module__.startswith(origin)
-                and prefix + name not in NOT_SWEPT
-            ):
-                found[prefix + name] = fn
-    return found
+    from jax_dtypeguard._audit_optax import optimizers
+
+    return {name: fn for name, fn in optimizers(optax).items() if name not in NOT_SWEPT}
 
 
 def build(name):

@@ -187,12 +187,12 @@ def test_errors_of_the_function_pass_through():
         (
             lambda: assert_state_dtype_invariant(sgd, 0, state_arg=True),
             TypeError,
-            "state_arg must be an int position; got True",
+            "state_arg must be an int position or a tuple of them; got True",
         ),
         (
             lambda: assert_state_dtype_invariant(sgd, 0, out="w"),
             TypeError,
-            "out must be None .*, an int .* or a tuple of ints",
+            "out must be None or an int index; got 'w'",
         ),
         (
             lambda: assert_state_dtype_invariant(sgd, 0, weak_type="yes"),
@@ -296,7 +296,10 @@ def test_case_errors_name_the_case_and_the_dtype(case, message, cause):
         ({"fn": None}, "Case 'c': fn must be callable; got NoneType None"),
         ({"make_state": "ones"}, "Case 'c': make_state must be callable; got str 'ones'"),
         ({"make_args": ()}, "Case 'c': make_args must be callable"),
-        ({"state_arg": "0"}, "Case 'c': state_arg must be an int position; got '0'"),
+        (
+            {"state_arg": "0"},
+            "Case 'c': state_arg must be an int position or a tuple of them; got '0'",
+        ),
         ({"out": 1.0}, "Case 'c': out must be None or an int index; got 1.0"),
         ({"kwargs": [1]}, "Case 'c': kwargs must be a mapping of keyword arguments; got list"),
     ],
@@ -327,7 +330,8 @@ def test_sweep_results_and_x64_only_within_64_bit_runs_restoring_the_callers_set
         "float32": [],
         "float64": [],
     }
-    assert seen == {"float16": False, "bfloat16": False, "float32": False, "float64": True}
+    # The 16/32-bit runs keep the caller's x64 setting; float64 forces it on.
+    assert seen == {"float16": x64, "bfloat16": x64, "float32": x64, "float64": True}
     assert jax.config.jax_enable_x64 is x64
 
 
@@ -351,8 +355,8 @@ def test_sweep_weak_type_dtypes_and_misuse():
 
 
 def test_x64_for(x64):
-    cases = {"float64": True, "int64": True, "complex128": True, "float16": False}
-    cases.update({"bfloat16": False, "complex64": False, "int32": False})
+    cases = {"float64": True, "int64": True, "complex128": True, "float32+x64": True}
+    cases.update({"float16": x64, "bfloat16": x64, "complex64": x64, "int32": x64})
     for dtype, expected in cases.items():
         with x64_for(dtype):
             assert jax.config.jax_enable_x64 is expected, dtype
@@ -424,3 +428,145 @@ def test_parametrize_dtypes_rejects_unknown_dtypes():
 def test_parametrize_dtypes_in_this_suite(dtype):
     assert jax.config.jax_enable_x64 is (dtype == "float64")
     assert dtype_sweep(Case("halve", lambda s: s * 0.5, ones), [dtype]) == {dtype: []}
+
+
+# --- states over several arguments, one factory, static leaves --------------------
+
+
+def solver_step(fn, y, args, options, state, tags):
+    """An Optimistix-shaped step: (y, state) in, (y, state, aux) out."""
+    new_state = {"f": fn(y), "count": state["count"] + 1, "history": state["history"]}
+    return y - 0.1 * fn(y), new_state, None
+
+
+def solver_make(dtype):
+    y = jnp.ones(3, dtype)
+    state = {"f": y, "count": jnp.asarray(0), "history": 10}
+    return (y, state), [lambda y: y * 2, None, {}, frozenset()]
+
+
+def test_a_state_over_several_arguments_and_results():
+    case = Case("step", solver_step, make=solver_make, state_arg=(1, 4), out=(0, 1))
+    assert dtype_sweep(case, [*DTYPES, "float32+x64"]) == {d: [] for d in [*DTYPES, "float32+x64"]}
+
+    def strengthen(fn, y, args, options, state, tags):
+        return y, {**state, "count": state["count"] + jnp.int32(1)}, None
+
+    drifting = Case("strong", strengthen, make=solver_make, state_arg=(1, 4), out=(0, 1))
+    (mismatch,) = drifting.run("float32")
+    assert (mismatch.path, mismatch.kind) == ("state['count']", "weak_type")
+
+
+def test_paths_of_each_part_start_with_its_parameters_name():
+    def promote(fn, y, args, options, state, tags):
+        return y.astype(jnp.float32), {**state, "f": state["f"].astype(jnp.float32)}, None
+
+    case = Case("promote", promote, make=solver_make, state_arg=(1, 4), out=(0, 1))
+    assert [m.path for m in case.run("bfloat16") if m.kind == "dtype"] == ["y", "state['f']"]
+
+
+def test_a_traced_predicate_keeps_python_scalars_static():
+    eqx = pytest.importorskip("equinox")
+
+    def history_grows(fn, y, args, options, state, tags):
+        return y, {**state, "history": state["history"] + 1}, None
+
+    plain = Case("grows", history_grows, make=solver_make, state_arg=(1, 4), out=(0, 1))
+    assert [m.kind for m in plain.run("float32")] == []  # traced: a weak int stays a weak int
+    static = Case(
+        "grows",
+        history_grows,
+        make=solver_make,
+        state_arg=(1, 4),
+        out=(0, 1),
+        traced=eqx.is_array,
+    )
+    (mismatch,) = static.run("float32")
+    assert (mismatch.path, mismatch.kind, mismatch.expected, mismatch.got) == (
+        "state['history']",
+        "structure",
+        "10",
+        "11",
+    )
+
+
+def test_non_array_leaves_are_static_and_compared_by_equality():
+    eqx = pytest.importorskip("equinox")
+
+    def keeps(state):
+        return state
+
+    def swaps(state):
+        return {**state, "fn": jnp.cos}
+
+    make = lambda dtype: ({"w": jnp.ones(2, dtype), "fn": jnp.sin}, [])  # noqa: E731
+    assert Case("keeps", keeps, make=make, traced=eqx.is_array).run("float32") == []
+    (mismatch,) = Case("swaps", swaps, make=make, traced=eqx.is_array).run("float32")
+    assert (mismatch.path, mismatch.kind) == ("state['fn']", "structure")
+
+
+def test_make_replaces_make_state_and_make_args():
+    case = Case("sgd", sgd_two, make=lambda dtype: (jnp.ones(3, dtype), [jnp.ones(3, dtype)]))
+    assert case.run("bfloat16") == []
+    assert case.inputs("float16")[0].dtype == jnp.float16
+
+
+def sgd_two(params, grads):
+    return params - 0.1 * grads
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"make_state": None}, "give either make_state .* or make, not neither"),
+        ({"make": lambda dtype: (1, ())}, "give either make_state .* or make, not both"),
+        ({"state_arg": (0, 0)}, "names a position twice"),
+        ({"state_arg": (0, 1), "out": 1}, "out must be a tuple of 2 int indices"),
+        ({"traced": "eqx.is_array"}, "traced must be callable"),
+    ],
+)
+def test_new_case_misuse(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        Case(**{"name": "c", "fn": add_f32_constant, "make_state": ones, **kwargs})
+
+
+def test_sweep_takes_float32_with_x64_on(x64):
+    seen = {}
+    results = dtype_sweep(x64_probe(seen), ["float32", "float32+x64"])
+    assert list(results) == ["float32", "float32+x64"]
+    assert seen == {"float32": True}  # both runs build float32; the +x64 run came last
+    assert jax.config.jax_enable_x64 is x64
+
+
+def test_float32_with_x64_on_is_where_float64_values_promote():
+    def add_float64(state):
+        return state + jnp.asarray(1.0, jnp.float64)
+
+    case = Case("add", add_float64, ones)
+    assert [m.got for m in dtype_sweep(case, ["float32+x64"])["float32+x64"]] == ["float64[3]"]
+
+
+def test_the_docs_optimistix_example():
+    # docs/testing.md, "States over several arguments": a ```py block, run here.
+    eqx = pytest.importorskip("equinox")
+    optx = pytest.importorskip("optimistix")
+    solver = optx.BFGS(rtol=1e-3, atol=1e-6)
+
+    def loss(y, args):
+        return jnp.sum((y - 1.0) ** 2), None
+
+    def make(dtype):
+        y0 = jnp.zeros(3, dtype)
+        f_struct, aux_struct = jax.eval_shape(lambda: loss(y0, None))
+        state = solver.init(loss, y0, None, {}, f_struct, aux_struct, frozenset())
+        return (y0, state), [loss, None, {}, frozenset()]
+
+    def step(fn, y, args, options, state, tags):
+        return solver.step(fn, y, args, options, state, tags)
+
+    bfgs = Case("bfgs", step, make=make, state_arg=(1, 4), out=(0, 1), traced=eqx.is_array)
+    assert dtype_sweep(bfgs, ["bfloat16", "float32", "float32+x64"]) == {
+        "bfloat16": [],
+        "float32": [],
+        "float32+x64": [],
+    }

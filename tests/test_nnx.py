@@ -121,11 +121,6 @@ def learning_rates(optimizer):
     return [x for path, x in entries if "learning_rate" in jax.tree_util.keystr(path)]
 
 
-def learning_rates(optimizer):
-    entries = jax.tree_util.tree_flatten_with_path(nnx.state(optimizer))[0]
-    return [x for path, x in entries if "learning_rate" in jax.tree_util.keystr(path)]
-
-
 def test_invariant_keeps_an_injected_hyperparameters_type():
     tx = invariant(optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3))
     model, optimizer, batch = make(jnp.float32, tx=tx)

@@ -285,8 +285,13 @@ def trace_time(
     rows = {
         n: _trace_one(update, guarded, identity, guarded_identity, tx, n, repeats) for n in sizes
     }
-    slope, intercept = linear_fit(
-        [r["state_leaves"] for r in rows.values()], [r["guard_overhead_us"] for r in rows.values()]
+    slope, intercept = (
+        linear_fit(
+            [r["state_leaves"] for r in rows.values()],
+            [r["guard_overhead_us"] for r in rows.values()],
+        )
+        if len(rows) > 1
+        else (None, None)
     )
     at_1000 = rows.get(1000, {}).get("ratio")
     per_leaf = ", ".join(f"{r['guard_overhead_per_leaf_us']:.2f}" for r in rows.values())
@@ -674,7 +679,7 @@ def drift_report(n: int = 100, repeats: int = 7, number: int = 3) -> dict[str, A
         fresh = [state_dtype_invariant(step, annotations=False) for _ in range(number)]
         calls = {
             "plain": lambda: [step(state, grad) for _ in range(number)],
-            "first": lambda: [reported(guarded) for guarded in fresh],
+            "first": lambda fresh=fresh: [reported(guarded) for guarded in fresh],
             "repeated": lambda: [reported(repeated) for _ in range(number)],
         }
         for name in calls if round_ % 2 == 0 else reversed(list(calls)):

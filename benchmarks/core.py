@@ -9,7 +9,9 @@ interleaved samples, so a busy machine slows both sides alike.
 from __future__ import annotations
 
 import collections
+import gc
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -283,8 +285,13 @@ def trace_time(
     rows = {
         n: _trace_one(update, guarded, identity, guarded_identity, tx, n, repeats) for n in sizes
     }
-    slope, intercept = linear_fit(
-        [r["state_leaves"] for r in rows.values()], [r["guard_overhead_us"] for r in rows.values()]
+    slope, intercept = (
+        linear_fit(
+            [r["state_leaves"] for r in rows.values()],
+            [r["guard_overhead_us"] for r in rows.values()],
+        )
+        if len(rows) > 1
+        else (None, None)
     )
     at_1000 = rows.get(1000, {}).get("ratio")
     per_leaf = ", ".join(f"{r['guard_overhead_per_leaf_us']:.2f}" for r in rows.values())
@@ -491,6 +498,215 @@ def eager_overhead(
     }
 
 
+# --- 4b. eager calls on one state size: the fast path, a cached verdict, a first call ---
+
+
+def _weak_copy(state: Any) -> Any:
+    """The float32 state with every leaf weakly typed (same shapes and dtypes)."""
+
+    def weak(x: jax.Array) -> jax.Array:
+        leaf = jnp.broadcast_to(jnp.asarray(0.5), x.shape)  # a Python float: weak
+        if leaf.dtype != x.dtype or not leaf.weak_type:
+            raise AssertionError(f"expected a weak {x.dtype} leaf, made {leaf.aval}")
+        return leaf
+
+    return jax.tree.map(weak, state)
+
+
+def _first_calls(
+    make: Callable[[], Callable[..., Any]], plain: Callable[[], Any], repeats: int, number: int
+) -> dict[str, list[float]]:
+    """Seconds per call of `number` freshly decorated functions called once each (their
+    first call), and of the undecorated call, in turns; decorating is not timed."""
+    samples: dict[str, list[float]] = {"plain": [], "first": []}
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for round_ in range(repeats):
+            fresh = [make() for _ in range(number)]
+            order = ("plain", "first") if round_ % 2 == 0 else ("first", "plain")
+            for name in order:
+                start = time.perf_counter()
+                if name == "plain":
+                    for _ in range(number):
+                        plain()
+                else:
+                    for guarded in fresh:
+                        guarded()
+                samples[name].append((time.perf_counter() - start) / number)
+            del fresh
+            gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
+    return samples
+
+
+def _noise(seconds: list[float]) -> float:
+    """Spread of samples: (median - min) / min."""
+    return statistics.median(seconds) / min(seconds) - 1
+
+
+def _overhead_one(n: int, container: str, repeats: int, calls: int) -> dict[str, Any]:
+    case = _eager_case(n, container)
+    state_in, same = case["state_in"], case["outputs"][0]
+    weak = _weak_copy(same)
+
+    def plain_weak(state: Any, scale: float) -> Any:
+        return weak
+
+    plain_weak.__annotations__ = dict(case["plain"].__annotations__)
+
+    def plain_weak_call() -> Any:
+        return plain_weak(state_in, 1.0)
+
+    def fresh_guard(step: Callable[..., Any], **options: Any) -> Callable[[], Any]:
+        guarded = state_dtype_invariant(step, annotations=False, **options)
+        return lambda: guarded(state_in, 1.0)
+
+    plain, guarded = case["plain"], case["guarded"]
+    cached = state_dtype_invariant(plain_weak, weak_type=False, annotations=False)
+    flatten = jax.tree_util.tree_flatten
+
+    def two_flattens() -> Any:
+        flatten(state_in)
+        return flatten(same)
+
+    functions = {
+        "plain": lambda: plain(state_in, 1.0),
+        "fast_path": lambda: guarded(state_in, 1.0),
+        "plain_weak": plain_weak_call,
+        "cached_verdict": lambda: cached(state_in, 1.0),
+        "two_flattens": two_flattens,
+    }
+    for function in functions.values():
+        function()
+    number = max(10, calls * 10 // n)
+    samples = interleaved(functions, repeats, number)
+    first_same = _first_calls(
+        lambda: fresh_guard(plain), lambda: plain(state_in, 1.0), repeats, number
+    )
+    first_new = _first_calls(
+        lambda: fresh_guard(plain_weak, weak_type=False), plain_weak_call, repeats, number
+    )
+
+    def row(samples: dict[str, list[float]], over: str, under: str) -> dict[str, float]:
+        floor_min = min(samples["two_flattens"]) if "two_flattens" in samples else None
+        floor_median = statistics.median(samples["two_flattens"]) if floor_min else None
+        best = (min(samples[over]) - min(samples[under])) * 1e6
+        median = paired_difference(samples, over, under) * 1e6
+        result = {"overhead_us": best, "overhead_median_us": median}
+        if floor_min and floor_median:
+            result["over_two_flattens"] = best / (floor_min * 1e6)
+            result["over_two_flattens_median"] = median / (floor_median * 1e6)
+        result["noise"] = _noise(samples[over])
+        return result
+
+    return {
+        "leaves": n,
+        "two_flattens_us": min(samples["two_flattens"]) * 1e6,
+        "plain_us": min(samples["plain"]) * 1e6,
+        "fast_path": row(samples, "fast_path", "plain"),
+        "cached_verdict": row(samples, "cached_verdict", "plain_weak"),
+        "first_call_same_types": row(first_same, "first", "plain"),
+        "first_call_new_signature": row(first_new, "first", "plain"),
+    }
+
+
+def eager_at(n: int = 100, repeats: int = 15, calls: int = 200) -> dict[str, Any]:
+    """Eager overhead per call on an `n`-leaf dict state and tuple state, in µs over the
+    undecorated step, and as a ratio to JAX's `tree_flatten` of the input and output.
+
+    Four calls of a step that returns a prebuilt state (so the step itself costs
+    nothing): the fast path (output of the input's types), a cached verdict (every
+    output leaf weakly typed under `weak_type=False`: not drift, but a different
+    signature, looked up in the guard's cache), and the first call of a freshly
+    decorated function, with the input's types and with that new signature (the
+    verdict is computed).
+    """
+    rows = {
+        container: _overhead_one(n, container, repeats, calls) for container in ("dict", "tuple")
+    }
+    ratios = [r["fast_path"]["over_two_flattens"] for r in rows.values()]
+    text = "; ".join(
+        f"{c}: fast {r['fast_path']['overhead_us']:.1f} us "
+        f"(x{r['fast_path']['over_two_flattens']:.2f} of 2 flattens), cached "
+        f"{r['cached_verdict']['overhead_us']:.1f}, first {r['first_call_same_types']['overhead_us']:.1f}"
+        f"/{r['first_call_new_signature']['overhead_us']:.0f} us"
+        for c, r in rows.items()
+    )
+    return {
+        "title": f"4b. eager overhead, {n}-leaf states",
+        "target": "fast path within 1.2x of JAX's two tree_flattens",
+        "met": all(ratio <= 1.2 for ratio in ratios),
+        "summary": text,
+        "states": rows,
+    }
+
+
+# --- 6. a drift report, eager -----------------------------------------------------
+
+
+def drift_report(n: int = 100, repeats: int = 7, number: int = 3) -> dict[str, Any]:
+    """Time of the report of an eager step that drifts one leaf of an `n`-leaf dict
+    state (a float32 gradient added to a bfloat16 leaf): the first report of a freshly
+    decorated function (provenance traced and walked) and a repeated one (cached),
+    over the undecorated step."""
+    from jax_dtypeguard import StateDtypeError
+
+    state = _params(n, jnp.bfloat16)
+    grad = jnp.full((4,), 0.1, jnp.float32)
+    first_key = next(iter(state))
+
+    def step(state: Any, grad: jax.Array) -> Any:
+        new = {key: value * 2 for key, value in state.items()}
+        new[first_key] = state[first_key] + grad
+        return new
+
+    def reported(guarded: Callable[..., Any]) -> StateDtypeError:
+        try:
+            guarded(state, grad)
+        except StateDtypeError as error:
+            return error
+        raise AssertionError("the drifting step was not reported")
+
+    error = reported(state_dtype_invariant(step, annotations=False))
+    origins = [str(m.origin) for m in error.mismatches if m.origin is not None]
+    repeated = state_dtype_invariant(step, annotations=False)
+    reported(repeated)
+    samples: dict[str, list[float]] = {"plain": [], "first": [], "repeated": []}
+    for round_ in range(repeats):
+        fresh = [state_dtype_invariant(step, annotations=False) for _ in range(number)]
+        calls = {
+            "plain": lambda: [step(state, grad) for _ in range(number)],
+            "first": lambda fresh=fresh: [reported(guarded) for guarded in fresh],
+            "repeated": lambda: [reported(repeated) for _ in range(number)],
+        }
+        for name in calls if round_ % 2 == 0 else reversed(list(calls)):
+            start = time.perf_counter()
+            calls[name]()
+            samples[name].append((time.perf_counter() - start) / number)
+    first = (min(samples["first"]) - min(samples["plain"])) * 1e3
+    again = (min(samples["repeated"]) - min(samples["plain"])) * 1e3
+    return {
+        "title": f"6. drift report (eager, {n}-leaf dict, one leaf drifts)",
+        "target": "",
+        "met": None,
+        "summary": (
+            f"first report {first:.1f} ms, repeated {again:.2f} ms over the step "
+            f"({min(samples['plain']) * 1e3:.1f} ms); origins found: {len(origins)}"
+        ),
+        "step_ms": min(samples["plain"]) * 1e3,
+        "first_report_ms": first,
+        "first_report_median_ms": paired_difference(samples, "first", "plain") * 1e3,
+        "repeated_report_ms": again,
+        "repeated_report_median_ms": paired_difference(samples, "repeated", "plain") * 1e3,
+        "noise": _noise(samples["first"]),
+        "mismatches": len(error.mismatches),
+        "origins": origins,
+    }
+
+
 # --- 5. compile counts under jax_dtypeguard.optax.invariant ---------------------
 
 
@@ -686,8 +902,10 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "jaxpr": jaxpr_identity,
     "trace": trace_time,
     "eager": eager_overhead,
+    "overhead": eager_at,
     "compiles": compile_counts,
     "memory": memory,
+    "report": drift_report,
 }
 
 QUICK: dict[str, dict[str, Any]] = {
@@ -695,6 +913,13 @@ QUICK: dict[str, dict[str, Any]] = {
     "eager": {"repeats": 5, "calls": 50},
     "compiles": {"limit": 12},
     "memory": {"steps": 3},
+    "overhead": {"repeats": 5, "calls": 50},
+    "report": {"repeats": 3, "number": 1},
+}
+
+# For before/after comparisons (`run.py --compare`): the sizes the issue names.
+COMPARE: dict[str, dict[str, Any]] = {
+    "trace": {"sizes": (1000,), "repeats": {1000: 5}},
 }
 
 

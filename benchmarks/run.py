@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # everything (tox -e bench)
     python benchmarks/run.py --quick         # fewer sizes and repetitions
     python benchmarks/run.py --only trace,eager --output report.json
+    python benchmarks/run.py --compare --only jaxpr,overhead,trace,report --json out.json
 
 Sections: the core ones (`core.py`: jaxpr, trace, eager, compiles, memory)
 and every optional module below that exists (`annotations.py`, `audit.py`,
@@ -26,7 +27,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent))
+# This checkout's package, unless PYTHONPATH names another one (a before/after comparison).
+if not any((Path(entry) / "jax_dtypeguard").is_dir() for entry in sys.path[1:] if entry):
+    sys.path.insert(1, str(HERE.parent))
 
 # Sections in report order: (name, module, function); function None means `run`.
 SECTIONS: list[tuple[str, str, str | None]] = [
@@ -34,10 +37,12 @@ SECTIONS: list[tuple[str, str, str | None]] = [
     ("trace", "core", "trace_time"),
     ("annotations", "annotations", None),
     ("eager", "core", "eager_overhead"),
+    ("overhead", "core", "eager_at"),
     ("compiles", "core", "compile_counts"),
     ("audit", "audit", None),
     ("memory", "core", "memory"),
     ("provenance", "provenance", None),
+    ("report", "core", "drift_report"),
 ]
 
 
@@ -54,6 +59,7 @@ def _environment() -> dict[str, Any]:
             versions[name] = None
     return {
         "jax_dtypeguard": jax_dtypeguard.__version__,
+        "jax_dtypeguard_from": str(Path(jax_dtypeguard.__file__).resolve().parent.parent),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -63,7 +69,7 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def _run_section(name: str, module_name: str, function: str | None, quick: bool) -> dict[str, Any]:
+def _run_section(name: str, module_name: str, function: str | None, sizes: str) -> dict[str, Any]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -72,7 +78,7 @@ def _run_section(name: str, module_name: str, function: str | None, quick: bool)
         return {"met": None, "summary": f"skipped: benchmarks/{module_name}.py is not there yet"}
     if function is None:
         return dict(module.run())
-    kwargs = getattr(module, "QUICK", {}).get(name, {}) if quick else {}
+    kwargs = getattr(module, sizes, {}).get(name, {}) if sizes else {}
     return getattr(module, function)(**kwargs)
 
 
@@ -114,8 +120,13 @@ def print_table(sections: dict[str, dict[str, Any]], stream: Any = sys.stdout) -
 def main(argv: list[str] | None = None) -> int:
     """Runs the selected sections; exits 1 if a section raised, else 0 (missed targets too)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, help="where to write the JSON report")
+    parser.add_argument("--output", "--json", type=Path, help="where to write the JSON report")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="the sizes of a before/after comparison (benchmarks/compare.py): trace at 1,000 params",
+    )
     names = [name for name, _, _ in SECTIONS]
     parser.add_argument("--only", help=f"comma-separated sections among {','.join(names)}")
     args = parser.parse_args(argv)
@@ -124,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose among {', '.join(names)}")
 
-    report: dict[str, Any] = {"environment": _environment(), "quick": args.quick, "sections": {}}
+    report: dict[str, Any] = {
+        "environment": _environment(),
+        "quick": args.quick,
+        "compare": args.compare,
+        "sections": {},
+    }
     failed = False
     for name, module_name, function in SECTIONS:
         if name not in chosen:
@@ -132,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
-            result = _run_section(name, module_name, function, args.quick)
+            sizes = "QUICK" if args.quick else "COMPARE" if args.compare else ""
+            result = _run_section(name, module_name, function, sizes)
         except Exception as error:
             failed = True
             result = {

@@ -36,8 +36,7 @@ hide_from_tracebacks(os.path.join(os.path.dirname(os.path.abspath(__file__)), ""
 
 def _nnx() -> Any:
     """Flax NNX, where the program has imported it (a state can only be NNX then)."""
-    flax = sys.modules.get("flax")
-    return None if flax is None else sys.modules.get("flax.nnx")
+    return sys.modules.get("flax.nnx")
 
 
 def _is_graph_node(value: Any) -> bool:
@@ -81,13 +80,16 @@ def _returning(fn: Callable[..., Any], parameter: StateParameter) -> Callable[..
 
 
 class _Snapshot:
-    """One state as a call received it: its leaves and tree structure, flattened once."""
+    """One state as a call received it: its leaves and tree structure, flattened once,
+    and whether it is a Flax NNX graph node."""
 
-    __slots__ = ("leaves", "treedef", "value")
+    __slots__ = ("graph_node", "leaves", "treedef", "value")
 
     def __init__(self, value: Any) -> None:
         self.value = value
-        self.leaves, self.treedef = _tree.tree_flatten(as_tree(value))
+        self.graph_node = _is_graph_node(value)
+        tree = as_tree(value) if self.graph_node else value
+        self.leaves, self.treedef = _tree.tree_flatten(tree)
 
     def tree(self) -> Any:
         return _tree.tree_unflatten(self.treedef, self.leaves)
@@ -124,6 +126,7 @@ class Guard:
         title: tuple[str, str] | None = None,
     ) -> None:
         self._fn: Callable[[], Any] = weakref.ref(fn) if hold_weakly else (lambda: fn)
+        self._strong_fn = None if hold_weakly else fn  # the eager fast path reads it directly
         self.plan = plan
         self.mode = mode
         self.weak_type = weak_type
@@ -136,7 +139,7 @@ class Guard:
 
     @property
     def fn(self) -> Callable[..., Any]:
-        fn = self._fn()
+        fn = self._strong_fn if self._strong_fn is not None else self._fn()
         if fn is None:  # only reachable through a stale reference to the guard itself
             raise ReferenceError("the guarded function no longer exists")
         return fn
@@ -154,13 +157,13 @@ class Guard:
         fn = self.fn
         if mode == "off":
             return fn(*args, **kwargs)
-        snapshots = [self._snapshot(p, args, kwargs) for p in self.plan.states]
+        snapshots = [self._snapshot(fn, p, args, kwargs) for p in self.plan.states]
         result = fn(*args, **kwargs)
         mismatches: list[Mismatch] = []
         for number, (parameter, out, before) in enumerate(
             zip(self.plan.states, self.plan.outs, snapshots)
         ):
-            state_out = self._state_out(parameter, out, before, result)
+            state_out = self._state_out(fn, parameter, out, before, result)
             verdict = self._verdict(number, parameter, before, state_out, weak_type)
             if mode != "cast":
                 mismatches += verdict.mismatches
@@ -179,12 +182,16 @@ class Guard:
         return result
 
     def _snapshot(
-        self, parameter: StateParameter, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        parameter: StateParameter,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> _Snapshot:
         __tracebackhide__ = True
         found, state = parameter.find(args, kwargs)
         if not found:
-            self.fn(*args, **kwargs)  # raises Python's own error for the missing argument
+            fn(*args, **kwargs)  # raises Python's own error for the missing argument
             raise TypeError(
                 f"{self.name} was called without its state argument '{parameter.name}'; "
                 "pass it positionally or by keyword."
@@ -192,12 +199,17 @@ class Guard:
         return _Snapshot(state)
 
     def _state_out(
-        self, parameter: StateParameter, out: Any, before: _Snapshot, result: Any
+        self,
+        fn: Callable[..., Any],
+        parameter: StateParameter,
+        out: Any,
+        before: _Snapshot,
+        result: Any,
     ) -> Any:
         if out == INPLACE:
-            return as_tree(before.value)
-        state_out = self.plan.select(self.fn, result, out)
-        if _is_graph_node(before.value) and not _is_graph_node(state_out):
+            return as_tree(before.value) if before.graph_node else before.value
+        state_out = self.plan.select(fn, result, out)
+        if before.graph_node and not _is_graph_node(state_out):
             raise TypeError(
                 f"{self.name}: the state '{parameter.name}' is a Flax NNX "
                 f"{type(before.value).__qualname__}, updated in place, but the function "

@@ -14,7 +14,7 @@ import sys
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 
@@ -132,7 +132,7 @@ class Guard:
         self.weak_type = weak_type
         self.follows_config = follows_config
         self.title = title
-        self.rule = rule
+        self.rule: Rule | None = rule
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
         self.verdicts: dict[Any, Verdict] = {}
         self.explained: dict[Any, list[Mismatch]] = {}
@@ -275,7 +275,8 @@ class Guard:
                     _returning(self.fn, parameter), parameter, 1, args, kwargs, explained
                 )
             else:
-                explained = explain(self.fn, parameter, out, args, kwargs, explained)
+                returned = cast(int | None, out)
+                explained = explain(self.fn, parameter, returned, args, kwargs, explained)
         if key is not None:
             remember(self.explained, key, explained)
         return explained

@@ -101,7 +101,7 @@ class StateParameter:
         skip = 1 if parameters and parameters[0].name in ("self", "cls") else 0
         candidates = parameters[skip:]
         names = ", ".join(p.name for p in candidates) or "none"
-        if state is None or is_index(state):
+        if state is None or isinstance(state, int):
             index = 0 if state is None else state
             if not candidates or not -len(candidates) <= index < len(candidates):
                 what = "has no parameter" if not candidates else f"has no parameter {index}"
@@ -115,7 +115,7 @@ class StateParameter:
             if matches:
                 parameter = matches[0]
             elif any(p.kind is p.VAR_KEYWORD for p in parameters):
-                parameter = inspect.Parameter(state, inspect.Parameter.KEYWORD_ONLY)
+                parameter = inspect.Parameter(str(state), inspect.Parameter.KEYWORD_ONLY)
             else:
                 raise ValueError(
                     f"state={state!r} names no parameter of "

@@ -12,12 +12,12 @@ import functools
 import types
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 
 from ._carry import Rule
-from ._config import effective, validate_mode
+from ._config import Mode, effective, validate_mode
 from ._guard import Guard, guarded_callable
 from ._plan import CallPlan, StateParameter
 
@@ -63,7 +63,7 @@ def _guard(
     if not callable(fn):
         raise TypeError(f"{role} must be a function; got {type(fn).__name__} {fn!r:.80}.")
     plan = CallPlan.single(make_state(fn), out)
-    guard_for = functools.partial(Guard, fn, plan, mode=mode, rule=rule)
+    guard_for = functools.partial(Guard, fn, plan, mode=cast(Mode, mode), rule=rule)
     if isinstance(fn, types.MethodType):  # a new object on each attribute access
         return guard_for().__call__
     fn_id = id(fn)

@@ -28,6 +28,7 @@ from ._compat import enable_x64
 from ._errors import CASTABLE_KINDS, Mismatch, Origin
 from ._guard import Guard, guarded_callable
 from ._plan import CallPlan, StateParameter, describe_location
+from ._signature import needs_x64
 from .testing import X64_SUFFIX, Case, CaseError, _split_static
 
 ENTRY_POINT_GROUP = "jax_dtypeguard.audit_targets"
@@ -90,7 +91,7 @@ class Column:
 
     @property
     def label(self) -> str:
-        wide = jnp.dtype(self.dtype).itemsize >= (16 if jnp.dtype(self.dtype).kind == "c" else 8)
+        wide = needs_x64(jnp.dtype(self.dtype))
         return self.dtype + X64_SUFFIX if self.x64 and not wide else self.dtype
 
 
@@ -142,7 +143,7 @@ def columns(names: Sequence[str], x64: bool = False) -> list[Column]:
     for name in names:
         plain = name[: -len(X64_SUFFIX)] if name.endswith(X64_SUFFIX) else name
         dtype = check_dtype(plain)
-        wide = jnp.dtype(dtype).itemsize >= (16 if jnp.dtype(dtype).kind == "c" else 8)
+        wide = needs_x64(jnp.dtype(dtype))
         variants = [wide or name != plain]
         if x64 and not variants[0]:
             variants.append(True)
@@ -315,7 +316,7 @@ def probe(case: Case, dtype: str = "float32") -> BaseException | None:
     """What running `case` once at `dtype` raised, for a target deciding whether
     its case fits the library (`None`: it runs, drifting or not). Warnings of the
     probe are dropped: the rows record their own."""
-    with warnings.catch_warnings(), enable_x64(_is_64bit(dtype)):
+    with warnings.catch_warnings(), enable_x64(needs_x64(jnp.dtype(dtype))):
         warnings.simplefilter("ignore")
         try:
             case._run(dtype, weak_type=True)
@@ -414,11 +415,6 @@ def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
     return dataclasses.replace(case, fn=guarded_callable(guard))._run(dtype, weak_type=weak_type)
 
 
-def _is_64bit(name: str) -> bool:
-    dtype = jnp.dtype(name)
-    return dtype.itemsize >= (16 if dtype.kind == "c" else 8)
-
-
 def _not_applicable(error: BaseException | None) -> str | None:
     """Why the cell is skipped: a factory said the case does not apply, or the
     library said the configuration is not implemented (an LU in float16)."""
@@ -450,7 +446,7 @@ def run_case(
         column = columns([column])[0]
     subject = item if isinstance(item, Subject) else Subject(item)
     case = subject.case
-    x64 = column.x64 or bool(grads_dtype and _is_64bit(grads_dtype))
+    x64 = column.x64 or bool(grads_dtype and needs_x64(jnp.dtype(grads_dtype)))
     result = Result(case.name, column.dtype, "ok", x64=column.x64)
     result.warnings = list(subject.warnings)
     with warnings.catch_warnings(record=True) as caught, _config.strict(False):

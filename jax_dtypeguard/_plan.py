@@ -233,24 +233,29 @@ class CallPlan:
         return cls(states, outs)
 
     def select(self, fn: Callable[..., Any], result: Any, out: int | None) -> Any:
-        """The new state in `result` at `out`; a clear error if `result` has none there."""
-        if out is None:
-            return result
-        if not isinstance(result, (tuple, list)):
-            raise TypeError(
-                f"{describe_location(fn)[0]} returned {_a_value_of(result)}, but out={out} "
-                "expects a tuple or list holding the new state; use out=None if "
-                "the function returns the state itself."
-            )
-        if not -len(result) <= out < len(result):
-            raise ValueError(
-                f"out={out} is past the {len(result)} values {describe_location(fn)[0]} "
-                f"returned; use an index below {len(result)}."
-            )
-        return result[out]
+        """The new state in `result` at `out` (see `select`)."""
+        return select(fn, result, out)
 
 
 INPLACE = "inplace"
+
+
+def select(fn: Callable[..., Any], result: Any, out: int | None) -> Any:
+    """The new state in `fn`'s `result` at `out`; a clear error if `result` has none there."""
+    if out is None:
+        return result
+    if not isinstance(result, (tuple, list)):
+        raise TypeError(
+            f"{describe_location(fn)[0]} returned {_a_value_of(result)}, but out={out} "
+            "expects a tuple or list holding the new state; use out=None if "
+            "the function returns the state itself."
+        )
+    if not -len(result) <= out < len(result):
+        raise ValueError(
+            f"out={out} is past the {len(result)} values {describe_location(fn)[0]} "
+            f"returned; use an index below {len(result)}."
+        )
+    return result[out]
 
 
 def replace_in(result: Any, out: int | None, value: Any) -> Any:

@@ -42,6 +42,12 @@ def category(dtype: np.dtype) -> str:
     return str(dtype)
 
 
+def needs_x64(dtype: Any) -> bool:
+    """Whether JAX holds `dtype` only with x64 on (64-bit reals, 128-bit complex)."""
+    resolved = np.dtype(dtype)
+    return resolved.itemsize >= (16 if resolved.kind == "c" else 8)
+
+
 class NotALeafError(TypeError):
     """Internal: a state leaf that JAX cannot type (a string, an object)."""
 
@@ -136,7 +142,7 @@ def describe_static(leaf: Any) -> str:
     kind = type(leaf).__name__
     if name is not None and callable(leaf):
         return f"{kind} {name}"
-    text = repr(leaf)
+    text = repr(leaf).replace("\n", " ")
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -20,8 +20,9 @@ from ._compat import enable_x64
 from ._decorator import _validate
 from ._errors import Mismatch, StateDtypeError, format_report
 from ._guard import Guard
-from ._plan import CallPlan, StateParameter, describe_location
+from ._plan import CallPlan, StateParameter, describe_location, is_index, select
 from ._provenance import explain
+from ._signature import describe_static, needs_x64, static_equal
 
 __all__ = [
     "DTYPES",
@@ -86,7 +87,7 @@ def _split_static(
 def _positions(state_arg: Any, what: str) -> tuple[int, ...]:
     """`state_arg` as a tuple of positions; `TypeError` unless ints or a tuple of them."""
     items = state_arg if isinstance(state_arg, tuple) else (state_arg,)
-    if not items or any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+    if not items or not all(map(is_index, items)):
         raise TypeError(
             f"{what}state_arg must be an int position or a tuple of them; got {state_arg!r}."
         )
@@ -98,16 +99,12 @@ def _positions(state_arg: Any, what: str) -> tuple[int, ...]:
 def _outs(out: Any, count: int, what: str) -> Any:
     """`out` checked against a state of `count` parts (a tuple of ints for several)."""
     if count == 1:
-        if out is not None and (isinstance(out, bool) or not isinstance(out, int)):
+        if out is not None and not is_index(out):
             raise TypeError(f"{what}out must be None or an int index; got {out!r}.")
         return out
     if out is None:
         return tuple(range(count))  # the return value is the tuple of the parts
-    if (
-        not isinstance(out, tuple)
-        or len(out) != count
-        or any(isinstance(i, bool) or not isinstance(i, int) for i in out)
-    ):
+    if not isinstance(out, tuple) or len(out) != count or not all(map(is_index, out)):
         raise TypeError(
             f"{what}out must be a tuple of {count} int indices, one per part of the state "
             f"(state_arg has {count}); got {out!r}."
@@ -255,28 +252,13 @@ class _PartsCheck:
         self.weak_type = weak_type
         self.traced = traced
 
-    def _select(self, result: Any, index: int | None, name: str) -> Any:
-        if index is None:
-            return result
-        if not isinstance(result, (tuple, list)):
-            raise TypeError(
-                f"{name} returned a {type(result).__name__}, but out={self.outs} expects a "
-                "tuple or list holding the new state."
-            )
-        if not -len(result) <= index < len(result):
-            raise ValueError(
-                f"out={self.outs} is past the {len(result)} values {name} returned; "
-                f"use indices below {len(result)}."
-            )
-        return result[index]
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         result = self.fn(*args, **kwargs)
         name, location = describe_location(self.fn)
         mismatches: list[Mismatch] = []
         for parameter, index in zip(self.parameters, self.outs):
             part_in = args[parameter.position]  # type: ignore[index]
-            part_out = self._select(result, index, name)
+            part_out = select(self.fn, result, index)
             dynamic_in, static_in = self._partition(part_in)
             dynamic_out, static_out = self._partition(part_out)
             found = list(
@@ -306,30 +288,16 @@ class _PartsCheck:
         return jax.tree_util.tree_unflatten(treedef, dynamic), static
 
 
-def _equal(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:
-        return False
-
-
 def _static_changes(
     before: list[tuple[str, Any]], after: list[tuple[str, Any]], root: str
 ) -> list[Mismatch]:
     """A `structure` mismatch for each static leaf whose value changed."""
     values = dict(after)
     return [
-        Mismatch(root + path, "structure", _short_repr(old), _short_repr(values[path]))
+        Mismatch(root + path, "structure", describe_static(old), describe_static(values[path]))
         for path, old in before
-        if path in values and not _equal(old, values[path])
+        if path in values and not static_equal(old, values[path])
     ]
-
-
-def _short_repr(value: Any) -> str:
-    text = repr(value).replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _no_args(dtype: str) -> tuple[Any, ...]:
@@ -537,8 +505,7 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def _needs_x64(name: str) -> bool:
-    resolved = np.dtype(getattr(jax.numpy, name) if hasattr(jax.numpy, name) else name)
-    return resolved.itemsize >= (16 if resolved.kind == "c" else 8)
+    return needs_x64(getattr(jax.numpy, name) if hasattr(jax.numpy, name) else name)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ def items(optax):
 @pytest.fixture
 def in_root(monkeypatch):
     monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT))  # `pytest` (not `python -m pytest`) leaves it out
 
 
 def user_cases(attribute):

@@ -171,16 +171,20 @@ def _controller_case(
     return Subject(case, init, source=type(controller).adapt_step_size)
 
 
+def _exported(diffrax: Any, base: type) -> list[tuple[str, type]]:
+    """The concrete subclasses of `base` that Diffrax exports, by name."""
+    return [
+        (name, cls)
+        for name in sorted(dir(diffrax), key=str.lower)
+        if inspect.isclass(cls := getattr(diffrax, name))
+        and not name.startswith(("Abstract", "_"))
+        and issubclass(cls, base)
+    ]
+
+
 def _controllers(diffrax: Any) -> list[tuple[str, Any] | Skipped]:
     found: list[tuple[str, Any] | Skipped] = []
-    for name in sorted(dir(diffrax), key=str.lower):
-        cls = getattr(diffrax, name)
-        if (
-            not inspect.isclass(cls)
-            or name.startswith(("Abstract", "_"))
-            or not issubclass(cls, diffrax.AbstractStepSizeController)
-        ):
-            continue
+    for name, cls in _exported(diffrax, diffrax.AbstractStepSizeController):
         required = [
             p.name for p in inspect.signature(cls).parameters.values() if p.default is p.empty
         ]
@@ -206,14 +210,7 @@ def _cannot_guess(missing: list[str]) -> str:
 
 def _runge_kutta(diffrax: Any) -> list[tuple[str, Any, Any] | Skipped]:
     found: list[tuple[str, Any, Any] | Skipped] = []
-    for name in sorted(dir(diffrax), key=str.lower):
-        cls = getattr(diffrax, name)
-        if (
-            not inspect.isclass(cls)
-            or name.startswith(("Abstract", "_"))
-            or not issubclass(cls, diffrax.AbstractRungeKutta)
-        ):
-            continue
+    for name, cls in _exported(diffrax, diffrax.AbstractRungeKutta):
         try:
             solver = _with_tolerances(cls())
         except Exception as error:

@@ -7,7 +7,6 @@ what the user (or JAX) calls.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -25,7 +24,7 @@ from ._compare import OK, Verdict, compare_states
 from ._compat import Tracer, hide_from_tracebacks
 from ._config import Mode
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
-from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in
+from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
 from ._signature import NotALeafError, leaf_keys, remember
 
 _tree = jax.tree_util
@@ -144,16 +143,19 @@ class Guard:
             raise ReferenceError("the guarded function no longer exists")
         return fn
 
-    def settings(self) -> tuple[str, bool, bool]:
-        """The (mode, weak_type, strict) of this call: the configuration applied."""
+    def settings(self) -> tuple[str, bool]:
+        """The (mode, weak_type) of this call: the configuration applied."""
         if not self.follows_config:
-            return self.mode or "check", self.weak_type, False
-        mode, weak_type = _config.effective(self.mode, self.weak_type)
-        return mode, weak_type, mode == "check" and _config.config.strict
+            return self.mode or "check", self.weak_type
+        return _config.effective(self.mode, self.weak_type)
+
+    def strict(self, mode: str) -> bool:
+        """Whether strict mode made this call's check (read on report only)."""
+        return self.follows_config and mode == "check" and _config.config.strict
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        mode, weak_type, strict = self.settings()
+        mode, weak_type = self.settings()
         fn = self.fn
         if mode == "off":
             return fn(*args, **kwargs)
@@ -178,7 +180,7 @@ class Guard:
         if self.annotations is not None:
             mismatches += self.annotations(args, kwargs, result)
         if mismatches:
-            self._report(mismatches, mode, strict, args, kwargs)
+            self._report(mismatches, mode, args, kwargs)
         return result
 
     def _snapshot(
@@ -208,7 +210,7 @@ class Guard:
     ) -> Any:
         if out == INPLACE:
             return as_tree(before.value) if before.graph_node else before.value
-        state_out = self.plan.select(fn, result, out)
+        state_out = select(fn, result, out)
         if before.graph_node and not _is_graph_node(state_out):
             raise TypeError(
                 f"{self.name}: the state '{parameter.name}' is a Flax NNX "
@@ -242,8 +244,10 @@ class Guard:
             return OK
         cache_key = (number, before.treedef, tree_out, keys, weak_type)
         if keys is not None:
-            with contextlib.suppress(KeyError, TypeError):
+            try:
                 return self.verdicts[cache_key]
+            except (KeyError, TypeError):
+                pass
         try:
             verdict = compare_states(before.tree(), state_out, parameter.name, weak_type)
         except TypeError as error:
@@ -285,13 +289,13 @@ class Guard:
         self,
         mismatches: list[Mismatch],
         mode: str,
-        strict: bool,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
         __tracebackhide__ = True
         mismatches = self._explain(mismatches, args, kwargs)
         location = self.title[1] if self.title else describe_location(self.fn)[1]
+        strict = self.strict(mode)
         message = format_report(self.name, location, self.plan.names, mismatches, mode, strict)
         if mode == "warn":
             if not _config.retracing.get():
@@ -301,15 +305,11 @@ class Guard:
         error._guard = self  # type: ignore[attr-defined]
         raise error
 
-    def call(self, *args: Any, **kwargs: Any) -> Any:
-        """`self(*args, **kwargs)`; this guard's own report starts its traceback here."""
-        __tracebackhide__ = True
-        try:
-            return self(*args, **kwargs)
-        except StateDtypeError as error:
-            if getattr(error, "_guard", None) is not self:
-                raise  # a report from a guard inside the function: its frames matter
-            raise error.with_traceback(None) from None
+
+def _from_here(error: StateDtypeError, guard: Guard) -> StateDtypeError:
+    """`guard`'s own report without the frames inside the guard (raised by the caller);
+    a report from a guard inside the function keeps its frames, which matter."""
+    return error.with_traceback(None) if getattr(error, "_guard", None) is guard else error
 
 
 def copy_names(wrapper: Any, fn: Any) -> None:
@@ -337,7 +337,10 @@ class _WeaklyGuarded:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        return self.__dtypeguard__.call(*args, **kwargs)
+        try:
+            return self.__dtypeguard__(*args, **kwargs)
+        except StateDtypeError as error:
+            raise _from_here(error, self.__dtypeguard__) from error.__cause__
 
 
 def guarded_callable(guard: Guard) -> Callable[..., Any]:
@@ -350,7 +353,10 @@ def guarded_callable(guard: Guard) -> Callable[..., Any]:
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        return guard.call(*args, **kwargs)
+        try:
+            return guard(*args, **kwargs)
+        except StateDtypeError as error:
+            raise _from_here(error, guard) from error.__cause__
 
     guarded.__dtypeguard__ = guard  # type: ignore[attr-defined]
     return guarded

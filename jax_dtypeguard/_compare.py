@@ -71,9 +71,12 @@ def compare_leaves(
     a value means: a change of shape, sharding or structure, of a dtype's
     category (int -> float), or of a typed key or float0.
     """
-    if is_static(a) or is_static(b):
-        return _static_mismatch(path, a, b), None
-    sa, sb = _signature(a, path), _signature(b, path)
+    try:
+        sa, sb = LeafSignature.of(a), LeafSignature.of(b)
+    except NotALeafError:
+        if is_static(a) or is_static(b):
+            return _static_mismatch(path, a, b), None
+        sa, sb = _signature(a, path), _signature(b, path)  # the error that names the leaf
     if sa == sb:
         return [], None
     if (sa.python_scalar is None) != (sb.python_scalar is None):

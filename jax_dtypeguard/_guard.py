@@ -178,14 +178,19 @@ class Guard:
                 result = fn(*args, **kwargs)
                 state_out = result if out is None else select(fn, result, out)
                 leaves_out, tree_out = _tree.tree_flatten(state_out)
-                if self.annotations is None and tree_in == tree_out:
-                    try:
-                        if leaf_keys(leaves_in) == leaf_keys(leaves_out):
-                            return result
-                    except NotALeafError:
-                        pass
+                try:
+                    keys = (leaf_keys(leaves_in), leaf_keys(leaves_out))
+                except NotALeafError:
+                    keys = None
+                if keys is not None and self.annotations is None:
+                    if tree_in == tree_out and keys[0] == keys[1]:
+                        return result
+                    cached = self.verdicts.get((0, tree_in, tree_out, keys, weak_type))
+                    if cached is not None and not cached.mismatches:
+                        return result  # a cached verdict with nothing to report or cast
                 before = _Snapshot.flattened(state, leaves_in, tree_in)
-                return self._finish(args, kwargs, mode, weak_type, [before], result)
+                flat = (state_out, tree_out, keys)
+                return self._finish(args, kwargs, mode, weak_type, [before], result, flat)
         snapshots = [self._snapshot(fn, p, args, kwargs) for p in self.plan.states]
         return self._finish(args, kwargs, mode, weak_type, snapshots, fn(*args, **kwargs))
 
@@ -197,16 +202,26 @@ class Guard:
         weak_type: bool,
         snapshots: list[_Snapshot],
         result: Any,
+        flat: tuple[Any, Any, Any] | None = None,
     ) -> Any:
-        """Compares (and in cast mode repairs) each state after the call; reports the rest."""
+        """Compares (and in cast mode repairs) each state after the call; reports the rest.
+
+        `flat`: the one state's `(state out, its treedef, leaf keys)`, where known.
+        """
         __tracebackhide__ = True
         fn = self.fn
         mismatches: list[Mismatch] = []
         for number, (parameter, out, before) in enumerate(
             zip(self.plan.states, self.plan.outs, snapshots)
         ):
-            state_out = self._state_out(fn, parameter, out, before, result)
-            verdict = self._verdict(number, parameter, before, state_out, weak_type)
+            if flat is None:
+                state_out = self._state_out(fn, parameter, out, before, result)
+                verdict = self._verdict(number, parameter, before, state_out, weak_type)
+            else:
+                state_out, tree_out, keys = flat
+                verdict = self._verdict_of(
+                    number, parameter, before, state_out, tree_out, keys, weak_type
+                )
             if mode != "cast":
                 mismatches += verdict.mismatches
                 continue
@@ -280,6 +295,19 @@ class Guard:
             keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))
         except NotALeafError:
             keys = None
+        return self._verdict_of(number, parameter, before, state_out, tree_out, keys, weak_type)
+
+    def _verdict_of(
+        self,
+        number: int,
+        parameter: StateParameter,
+        before: _Snapshot,
+        state_out: Any,
+        tree_out: Any,
+        keys: tuple[Any, Any] | None,
+        weak_type: bool,
+    ) -> Verdict:
+        """The verdict for a state whose output is flattened and keyed: cached when eager."""
         if keys is not None and before.treedef == tree_out and keys[0] == keys[1]:
             return OK
         cache_key = (number, before.treedef, tree_out, keys, weak_type)

@@ -1,6 +1,6 @@
 """Flax NNX: training steps that update the model and the optimizer in place."""
 
-from __future__ import annotations
+# ruff: noqa: F821  (jaxtyping's dimension names are strings, not forward references)
 
 import jax
 import jax.numpy as jnp
@@ -172,3 +172,27 @@ def test_cast_mode_inside_nnx_fori_loop_and_scan():
 
     _, losses = scan_step((model, optimizer), x.reshape(4, 4, 4))
     assert losses.shape == (4,) and dtypes_of(optimizer) == {"bfloat16"}
+
+
+def test_an_nnx_modules_annotated_fields_are_checked():
+    from jaxtyping import Array, Float
+
+    class Scaled(nnx.Module):
+        weight: nnx.Param[Float[Array, "n"]]
+        offset: Float[Array, "n"]
+
+        def __init__(self, n, m):
+            self.weight = nnx.Param(jnp.ones(n))
+            self.offset = jnp.ones(m)
+
+    @state_dtype_invariant(inplace=True)
+    def step(model: Scaled, x: Float[Array, "n"]):
+        model.weight[...] = model.weight[...] * x
+        return None
+
+    step(Scaled(3, 3), jnp.ones(3))
+    with pytest.raises(StateDtypeError) as info:
+        step(Scaled(3, 4), jnp.ones(3))
+    (mismatch,) = info.value.mismatches
+    assert (mismatch.path, mismatch.kind) == ("model.offset", "annotation")
+    assert "n=3" in mismatch.got

@@ -185,7 +185,10 @@ class Guard:
                 if keys is not None and self.annotations is None:
                     if tree_in == tree_out and keys[0] == keys[1]:
                         return result
-                    cached = self.verdicts.get((0, tree_in, tree_out, keys, weak_type))
+                    try:
+                        cached = self.verdicts.get((0, tree_in, tree_out, keys, weak_type))
+                    except TypeError:  # unhashable static data in a tree structure
+                        cached = None
                     if cached is not None and not cached.mismatches:
                         return result  # a cached verdict with nothing to report or cast
                 before = _Snapshot.flattened(state, leaves_in, tree_in)

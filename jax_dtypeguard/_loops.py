@@ -33,7 +33,7 @@ from ._carry import Rule, accepted_scalars, carry_verdict
 from ._cast import cast_back
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
 from ._guard import copy_names
-from ._plan import describe_location, parameter_name, replace_in
+from ._plan import StateParameter, describe_location, parameter_name, replace_in
 from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
@@ -55,22 +55,6 @@ _LOOPS = {
     "scan": _Form("f", 0, 0),
 }
 _BRANCHES = ("cond", "switch")
-
-
-@dataclasses.dataclass(frozen=True)
-class _State:
-    """Where a body's state is among its arguments (as the provenance walk reads it)."""
-
-    name: str
-    position: int | None
-    keyword: str | None = None
-
-    def find(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, Any]:
-        if self.position is None:
-            return True, tuple(args)
-        if len(args) > self.position:
-            return True, args[self.position]
-        return False, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +121,11 @@ def _raise_or_warn(message: str, mismatches: list[Mismatch], fn: Callable[..., A
 
 
 def _explain(
-    fn: Callable[..., Any], state: _State, out: int | None, args: tuple[Any, ...], found: Any
+    fn: Callable[..., Any],
+    state: StateParameter,
+    out: int | None,
+    args: tuple[Any, ...],
+    found: Any,
 ) -> list[Mismatch]:
     from ._provenance import explain
 
@@ -162,7 +150,7 @@ class _CarryGuard:
     ) -> None:
         self.fn, self.out, self.settings, self.form = fn, out, settings, form
         self.rule: Rule = rule
-        self.state = _State(parameter_name(fn, position, "carry"), position)
+        self.state = StateParameter.at(fn, position, "carry")
         copy_names(self, fn)
 
     @property
@@ -383,7 +371,11 @@ def _report_branches(
         base_name, base_location = describe_location(records[0].fn)
         other = f"{names[0]} {base_name} ({base_location})"
     texts, found = [], []
-    state = _State(root, 0 if len(operands) == 1 else None)
+    state = (
+        StateParameter(root, position=0)
+        if len(operands) == 1
+        else StateParameter(root, operands=len(operands))
+    )
     for i, verdict in disagreeing:
         fn = records[i].fn
         mismatches = list(verdict.mismatches)

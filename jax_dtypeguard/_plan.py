@@ -232,10 +232,6 @@ class CallPlan:
         outs = tuple(INPLACE if p.name in in_place else next(given) for p in states)
         return cls(states, outs)
 
-    def select(self, fn: Callable[..., Any], result: Any, out: int | None) -> Any:
-        """The new state in `result` at `out` (see `select`)."""
-        return select(fn, result, out)
-
 
 INPLACE = "inplace"
 

@@ -22,7 +22,7 @@ from ._errors import Mismatch, StateDtypeError, format_report
 from ._guard import Guard
 from ._plan import CallPlan, StateParameter, describe_location, is_index, select
 from ._provenance import explain
-from ._signature import describe_static, needs_x64, static_equal
+from ._signature import describe_static, is_static, needs_x64, static_equal
 
 __all__ = [
     "DTYPES",
@@ -56,15 +56,6 @@ class CaseError(RuntimeError):
 CaseError.__module__ = "jax_dtypeguard.testing"
 
 
-_TRACEABLE = (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, bool, int, float, complex)
-
-
-def _is_traceable(leaf: Any) -> bool:
-    """Whether JAX can trace `leaf`: an array, a `ShapeDtypeStruct`, a NumPy value or a
-    Python scalar. Anything else (a function, a string) is a static part of a state."""
-    return isinstance(leaf, _TRACEABLE)
-
-
 def _split_static(
     tree: Any, traced: Callable[[Any], bool] | None = None
 ) -> tuple[list[Any], Callable[[list[Any]], Any]]:
@@ -74,7 +65,7 @@ def _split_static(
     (`eqx.is_array` keeps Python scalars static); a leaf JAX cannot trace is
     static whatever it says."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    flags = [_is_traceable(leaf) and (traced is None or bool(traced(leaf))) for leaf in leaves]
+    flags = [not is_static(leaf) and (traced is None or bool(traced(leaf))) for leaf in leaves]
 
     def rebuild(values: list[Any]) -> Any:
         it = iter(values)
@@ -278,7 +269,7 @@ class _PartsCheck:
         if self.traced is None:
             return tree, []
         entries, treedef = jax.tree_util.tree_flatten_with_path(tree)
-        flags = [_is_traceable(leaf) and bool(self.traced(leaf)) for _, leaf in entries]
+        flags = [not is_static(leaf) and bool(self.traced(leaf)) for _, leaf in entries]
         dynamic = [leaf if flag else None for (_, leaf), flag in zip(entries, flags)]
         static = [
             (jax.tree_util.keystr(path), leaf)

@@ -288,14 +288,10 @@ CONFIGS = [("float16", False), ("bfloat16", False), ("float32", False), ("float3
 CONFIGS += [("float64", True)]
 
 
-def _lbfgs(dtype):
+def _lbfgs_loop(loss, params, steps):
+    """`optax.lbfgs` with `value_and_grad_from_state`, `steps` updates in a `jax.lax.while_loop`."""
     optax = pytest.importorskip("optax")
-
-    def loss(p):
-        return jnp.sum((p - 1.0) ** 2 * jnp.arange(1, 4, dtype=p.dtype))
-
     opt = optax.lbfgs()
-    params = jnp.zeros(3, dtype)
     value_and_grad = optax.value_and_grad_from_state(loss)
 
     def body(carry):
@@ -305,9 +301,16 @@ def _lbfgs(dtype):
         return optax.apply_updates(params, updates), state
 
     def cond(carry):
-        return optax.tree_utils.tree_get(carry[1], "count") < 8
+        return optax.tree_utils.tree_get(carry[1], "count") < steps
 
     return jax.lax.while_loop(cond, body, (params, opt.init(params)))
+
+
+def _lbfgs(dtype):
+    def loss(p):
+        return jnp.sum((p - 1.0) ** 2 * jnp.arange(1, 4, dtype=p.dtype))
+
+    return _lbfgs_loop(loss, jnp.zeros(3, dtype), 8)
 
 
 def _bfgs(dtype):
@@ -350,24 +353,13 @@ def test_stable_programs_give_the_same_bits_with_and_without_the_hook(solve, dty
 
 
 def test_optax_value_and_grad_from_state_under_x64_names_optax_and_cast_runs():
-    optax = pytest.importorskip("optax")
+    pytest.importorskip("optax")
 
     def loss(p):  # a float64 loss of bfloat16 params, under x64
         return jnp.sum((p.astype(jnp.float64) - 1.0) ** 2)
 
     def run():
-        opt = optax.lbfgs()
-        params = jnp.zeros(3, jnp.bfloat16)
-        value_and_grad = optax.value_and_grad_from_state(loss)
-
-        def body(carry):
-            params, state = carry
-            value, grad = value_and_grad(params, state=state)
-            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
-            return optax.apply_updates(params, updates), state
-
-        count = lambda c: optax.tree_utils.tree_get(c[1], "count") < 10  # noqa: E731
-        return jax.lax.while_loop(count, body, (params, opt.init(params)))[0]
+        return _lbfgs_loop(loss, jnp.zeros(3, jnp.bfloat16), 10)[0]
 
     with enable_x64(True):
         with pytest.raises(TypeError, match="branches must have equal output types"):

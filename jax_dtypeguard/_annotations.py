@@ -32,7 +32,7 @@ from beartype.door import is_bearable
 from ._compat import Tracer
 from ._compat import get_shape_memo as _get_shape_memo
 from ._errors import Mismatch
-from ._signature import LeafSignature, NotALeafError, remember
+from ._signature import LeafSignature, NotALeafError, flax_nnx, remember
 
 # --- jaxtyping private API (from _compat). ---------------------------------------
 # The dimension sizes bound so far in the current memo, for messages only.
@@ -122,12 +122,8 @@ def describe(value: Any) -> str:
     return kind.__qualname__
 
 
-def _nnx() -> Any:
-    return sys.modules.get("flax.nnx")
-
-
 def _is_nnx_object(value: Any) -> bool:
-    nnx = _nnx()
+    nnx = flax_nnx()
     return nnx is not None and isinstance(value, nnx.Module) and not isinstance(value, type)
 
 
@@ -156,7 +152,7 @@ def _field_names(cls: type) -> list[str]:
 
 def _unwrap_variable(element: Any, hint: Any) -> tuple[Any, Any]:
     """An NNX `Variable` field as its value, and `nnx.Param[X]` as `X` (else the hint as is)."""
-    nnx = _nnx()
+    nnx = flax_nnx()
     if nnx is None or not isinstance(element, nnx.Variable):
         return element, hint
     origin = typing.get_origin(hint)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 import weakref
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from ._compat import Tracer, hide_from_tracebacks
 from ._config import Mode
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
-from ._signature import NotALeafError, leaf_keys, remember
+from ._signature import NotALeafError, flax_nnx, leaf_keys, remember
 
 _tree = jax.tree_util
 # Reports show the user's frames, not this package's: JAX filters these files out of the
@@ -33,27 +32,22 @@ _tree = jax.tree_util
 hide_from_tracebacks(os.path.join(os.path.dirname(os.path.abspath(__file__)), ""))
 
 
-def _nnx() -> Any:
-    """Flax NNX, where the program has imported it (a state can only be NNX then)."""
-    return sys.modules.get("flax.nnx")
-
-
 def _is_graph_node(value: Any) -> bool:
-    nnx = _nnx()
+    nnx = flax_nnx()
     return nnx is not None and nnx.graph.is_graph_node(value)
 
 
 def as_tree(value: Any) -> Any:
     """A state as a pytree: NNX graph nodes that JAX cannot flatten through `nnx.state`."""
     if _is_graph_node(value) and _tree.treedef_is_leaf(_tree.tree_structure(value)):
-        return _nnx().state(value)
+        return flax_nnx().state(value)
     return value
 
 
 def write_back(target: Any, value: Any, name: str) -> None:
     """Updates the in-place state `target` to `value` (of the same structure)."""
     if _is_graph_node(target):
-        nnx = _nnx()
+        nnx = flax_nnx()
         nnx.update(target, nnx.state(value) if _is_graph_node(value) else value)
     elif isinstance(target, dict):
         target.update(value)
@@ -173,7 +167,7 @@ class Guard:
         if self._one is not None:  # one returned state, compared as is: the usual step
             parameter, out = self._one
             found, state = parameter.find(args, kwargs)
-            if found and not (_nnx() and _is_graph_node(state)):
+            if found and not _is_graph_node(state):
                 leaves_in, tree_in = _tree.tree_flatten(state)
                 result = fn(*args, **kwargs)
                 state_out = result if out is None else select(fn, result, out)

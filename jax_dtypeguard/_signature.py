@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -28,6 +29,11 @@ def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
         cache[key] = value
     except TypeError:
         pass
+
+
+def flax_nnx() -> Any:
+    """Flax NNX, where the program has imported it (a state can only be NNX then)."""
+    return sys.modules.get("flax.nnx")
 
 
 def category(dtype: np.dtype) -> str:

@@ -17,9 +17,7 @@ import dataclasses
 import functools
 import inspect
 import os
-import site
 import sys
-import sysconfig
 import threading
 import warnings
 from collections.abc import Callable
@@ -34,6 +32,7 @@ from ._cast import cast_back
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
 from ._guard import copy_names
 from ._plan import StateParameter, describe_location, parameter_name, replace_in
+from ._provenance import code_directories
 from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
@@ -61,21 +60,10 @@ _BRANCHES = ("cond", "switch")
 # Reports
 
 
-@functools.cache
-def _foreign_directories() -> tuple[str, ...]:
-    """Directories whose frames are not the user's: installed packages, stdlib, JAX, this one."""
-    paths = sysconfig.get_paths()
-    found = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    found.update(site.getsitepackages())
-    found.add(os.path.dirname(os.path.abspath(__file__)))
-    found.add(os.path.dirname(os.path.abspath(str(jax.__file__))))
-    return tuple(os.path.join(os.path.abspath(p), "") for p in found)
-
-
 def _call_site() -> str | None:
     """The innermost frame on the stack outside installed packages, JAX and this library."""
     frame = sys._getframe(1)
-    foreign = _foreign_directories()
+    foreign = tuple(path for group in code_directories() for path in group)
     while frame is not None:
         file = frame.f_code.co_filename
         if not file.startswith("<frozen") and not os.path.abspath(file).startswith(foreign):

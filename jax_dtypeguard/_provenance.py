@@ -291,7 +291,7 @@ class _Traced:
 
 
 @functools.cache
-def _directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def code_directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Directories of JAX (and this package), of the stdlib, of installed packages."""
     import jaxlib
 
@@ -308,7 +308,7 @@ def _is_user_file(path: str) -> bool:
     """Not JAX's, not this package's, not the stdlib's (packages installed under it are)."""
     if path.startswith("<frozen"):
         return False
-    internal, stdlib, installed = _directories()
+    internal, stdlib, installed = code_directories()
     path = os.path.abspath(path)
     if path.startswith(internal):
         return False

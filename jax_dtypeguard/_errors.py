@@ -206,6 +206,11 @@ def _hint(mismatches: Sequence[Mismatch], mode: str, strict: bool) -> str:
     return f"Hint: {prefix}{'; '.join(parts)}."
 
 
+def count_of(mismatches: Sequence[Mismatch]) -> str:
+    """`1 mismatch`, `3 mismatches`: the count a report's header gives."""
+    return f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"
+
+
 def format_report(
     function: str,
     location: str,
@@ -218,7 +223,7 @@ def format_report(
     names = [state_names] if isinstance(state_names, str) else list(state_names)
     quoted = ", ".join(f"'{n}'" for n in names)
     paths = [m.path for m in mismatches]
-    count = f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"
+    count = count_of(mismatches)
     if all(m.kind == "annotation" for m in mismatches):
         header = f"{function} ({location}) does not match its annotations ({count}):"
     else:

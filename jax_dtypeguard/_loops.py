@@ -29,7 +29,14 @@ import jax.numpy as jnp
 from . import _config
 from ._carry import Rule, accepted_scalars, carry_verdict
 from ._cast import cast_back
-from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report, short_path
+from ._errors import (
+    Mismatch,
+    StateDtypeError,
+    StateDtypeWarning,
+    count_of,
+    format_report,
+    short_path,
+)
 from ._guard import copy_names
 from ._plan import StateParameter, describe_location, parameter_name, replace_in
 from ._provenance import code_directories
@@ -372,7 +379,7 @@ def _report_branches(
         fn_name, location = describe_location(fn)
         header = (
             f"{names[i]} {fn_name} ({location}) returns other types than {other} "
-            f"({len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}):"
+            f"({count_of(mismatches)}):"
         )
         texts.append(_message(header, fn, root, mismatches, mode, name, []))
         found += mismatches

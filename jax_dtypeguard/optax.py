@@ -18,7 +18,7 @@ import optax
 from ._call_site import written_argument
 from ._compat import Tracer, convert_element_type
 from ._config import effective, retracing, validate_mode
-from ._errors import Mismatch, StateDtypeError, StateDtypeWarning
+from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, count_of
 from ._guard import Guard
 from ._plan import CallPlan, StateParameter, describe_location
 from ._signature import LeafSignature, NotALeafError, category
@@ -166,7 +166,7 @@ class _ParamsGuard:
         what: str,
         remedy: str,
     ) -> None:
-        count = f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"
+        count = count_of(mismatches)
         lines = [f"{self.name} ({self.location}) {what} ({count}):"]
         for mismatch in mismatches:
             param = comparison.param_paths[mismatch.path]

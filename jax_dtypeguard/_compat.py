@@ -73,6 +73,39 @@ def enable_x64(enabled: bool = True) -> Iterator[None]:
             yield
 
 
+def _flatten_up_to_checks_node_data() -> bool:
+    def first(x: Any) -> Any:
+        return x
+
+    def second(x: Any) -> Any:
+        return x
+
+    try:
+        jax.tree_util.tree_structure(jax.tree_util.Partial(first)).flatten_up_to(
+            jax.tree_util.Partial(second)
+        )
+    except ValueError:
+        return True
+    return False
+
+
+_FLATTEN_UP_TO_IS_EXACT = _flatten_up_to_checks_node_data()
+
+
+def flatten_like(treedef: Any, tree: Any) -> list[Any] | None:
+    """`tree`'s values at `treedef`'s leaf positions, or None where `tree`'s nodes differ
+    from `treedef`'s (types, keys, node data); a value may be a subtree.
+
+    None also where this JAX's `flatten_up_to` does not compare node data.
+    """
+    if not _FLATTEN_UP_TO_IS_EXACT:
+        return None
+    try:
+        return treedef.flatten_up_to(tree)
+    except ValueError:
+        return None
+
+
 def jit_cache_size(jitted: Any) -> int:
     """How many times a `jax.jit`-wrapped function has compiled."""
     return jitted._cache_size()

@@ -20,11 +20,11 @@ from . import _annotations, _config
 from ._carry import Rule, carry_verdict
 from ._cast import cast_back
 from ._compare import OK, Verdict, compare_states
-from ._compat import Tracer, hide_from_tracebacks
+from ._compat import Tracer, flatten_like, hide_from_tracebacks
 from ._config import Mode
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
-from ._signature import NotALeafError, flax_nnx, leaf_keys, remember
+from ._signature import NotALeafError, array_keys, flax_nnx, leaf_keys, remember
 
 _tree = jax.tree_util
 # Reports show the user's frames, not this package's: JAX filters these files out of the
@@ -70,6 +70,17 @@ def _returning(fn: Callable[..., Any], parameter: StateParameter) -> Callable[..
         return result, as_tree(parameter.find(args, kwargs)[1])
 
     return call
+
+
+def _array_keys_alike(leaves_in: list[Any], tree_in: Any, state_out: Any) -> Any:
+    """`(input keys, output keys)` where both states hold only arrays (or tracers) in one
+    tree structure, `tree_in`; else None. Cheaper than flattening the output."""
+    keys_in = array_keys(leaves_in)
+    if keys_in is None:
+        return None
+    leaves_out = flatten_like(tree_in, state_out)
+    keys_out = None if leaves_out is None else array_keys(leaves_out)
+    return None if keys_out is None else (keys_in, keys_out)
 
 
 class _Snapshot:
@@ -171,11 +182,14 @@ class Guard:
                 leaves_in, tree_in = _tree.tree_flatten(state)
                 result = fn(*args, **kwargs)
                 state_out = result if out is None else select(fn, result, out)
-                leaves_out, tree_out = _tree.tree_flatten(state_out)
-                try:
-                    keys = (leaf_keys(leaves_in), leaf_keys(leaves_out))
-                except NotALeafError:
-                    keys = None
+                keys = _array_keys_alike(leaves_in, tree_in, state_out)
+                tree_out = tree_in
+                if keys is None:
+                    leaves_out, tree_out = _tree.tree_flatten(state_out)
+                    try:
+                        keys = (leaf_keys(leaves_in), leaf_keys(leaves_out))
+                    except NotALeafError:
+                        keys = None
                 if keys is not None and self.annotations is None:
                     if tree_in == tree_out and keys[0] == keys[1]:
                         return result

@@ -181,15 +181,22 @@ def _slow_key(leaf: Any) -> Any:
     return LeafSignature.of(leaf)
 
 
+def array_keys(leaves: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The leaves' avals in one C-level pass, or None unless every leaf is an array or tracer."""
+    try:
+        return tuple(map(_aval_of, leaves))
+    except AttributeError:
+        return None
+
+
 def leaf_keys(leaves: Sequence[Any]) -> tuple[Any, ...]:
     """Cheap hashable stand-ins for the leaves' signatures.
 
     Equal keys mean equal signatures; unequal keys are settled by comparing
     `LeafSignature`s. This is the eager fast path and the cache key.
     """
-    try:  # all arrays or tracers, the usual case: one C-level pass
-        return tuple(map(_aval_of, leaves))
-    except AttributeError:
-        pass
+    keys = array_keys(leaves)  # all arrays or tracers: the usual case
+    if keys is not None:
+        return keys
     aval_types = _AVAL_TYPES
     return tuple([x.aval if type(x) in aval_types else _slow_key(x) for x in leaves])

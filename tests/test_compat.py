@@ -50,6 +50,30 @@ def test_explicit_sharding_is_none_without_explicit_axes():
     assert _compat.explicit_sharding(_compat.get_aval(jnp.ones((2, 2)))) is None
 
 
+def test_flatten_up_to_compares_node_data():
+    assert _compat._FLATTEN_UP_TO_IS_EXACT, "JAX's flatten_up_to no longer compares node data"
+
+
+@pytest.mark.parametrize(
+    ("tree", "other"),
+    [
+        ({"a": 1.0}, {"b": 1.0}),
+        ((1.0, 2.0), [1.0, 2.0]),
+        ({"a": None}, {"a": 1.0}),
+        (jax.tree_util.Partial(jnp.sin, 1.0), jax.tree_util.Partial(jnp.cos, 1.0)),
+    ],
+    ids=["dict keys", "node type", "None", "node data"],
+)
+def test_flatten_like_is_none_where_nodes_differ(tree, other):
+    assert _compat.flatten_like(jax.tree_util.tree_structure(tree), other) is None
+
+
+def test_flatten_like_gives_the_values_at_leaf_positions():
+    treedef = jax.tree_util.tree_structure({"a": 0.0, "b": (0.0, 0.0)})
+    x = jnp.ones(2)
+    assert _compat.flatten_like(treedef, {"a": x, "b": (1, (x, x))}) == [x, 1, (x, x)]
+
+
 def test_jit_cache_size_counts_compilations():
     f = jax.jit(lambda x: x + 1)
     f(jnp.ones(2))

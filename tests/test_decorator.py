@@ -381,6 +381,26 @@ def test_happy_path_runs_no_full_comparison(monkeypatch):
     state_dtype_invariant(lambda s: s + 1)(jnp.ones(2))
 
 
+_X = jnp.ones(2)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        ({"a": _X}, {"a": (_X, _X)}, "s['a']: float32[2] -> tuple of 2"),
+        ({"a": _X}, {"a": None}, "s['a']: float32[2] -> None"),
+        ((_X,), [_X], "s: tuple of 1 -> list of 1"),
+        (jax.tree_util.Partial(jnp.sin, _X), jax.tree_util.Partial(jnp.cos, _X), "Partial"),
+        ({"a": _X}, {"a": _X, "b": _X}, "s"),
+    ],
+    ids=["leaf to tuple", "leaf to None", "tuple to list", "node data", "new key"],
+)
+def test_the_fast_path_reports_every_structure_change(before, after, expected):
+    with pytest.raises(StateDtypeError, match="structure") as caught:
+        state_dtype_invariant(lambda s: after)(before)
+    assert expected in str(caught.value)
+
+
 # --- stacking --------------------------------------------------------------------
 
 

@@ -1,12 +1,45 @@
-"""What a caller wrote as the argument of a call: `invariant(optax.adamw(1e-3))` -> `adamw`."""
+"""Where the user's code is on the stack, and what a caller wrote as the argument of a call
+(`invariant(optax.adamw(1e-3))` -> `adamw`)."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import linecache
+import os
+import site
+import sysconfig
 import types
 
+import jax
+
 from ._errors import short_path
+
+
+@functools.cache
+def code_directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Directories of JAX (and this package), of the stdlib, of installed packages."""
+    import jaxlib
+
+    paths = sysconfig.get_paths()
+    here = (jax.__file__, jaxlib.__file__, os.path.abspath(__file__))
+    internal = {os.path.join(os.path.dirname(f), "") for f in here}
+    stdlib = {os.path.join(paths[k], "") for k in ("stdlib", "platstdlib")}
+    installed = {paths["purelib"], paths["platlib"], *site.getsitepackages()}
+    return tuple(internal), tuple(stdlib), tuple(os.path.join(p, "") for p in installed)
+
+
+def user_frame(frame: types.FrameType | None) -> tuple[types.FrameType | None, int]:
+    """The innermost frame from `frame` outwards that is the user's (not JAX's, this
+    package's, the stdlib's or an installed package's), and how many frames out it is."""
+    foreign = tuple(path for group in code_directories() for path in group)
+    level = 0
+    while frame is not None:
+        file = frame.f_code.co_filename
+        if not file.startswith("<frozen") and not os.path.abspath(file).startswith(foreign):
+            return frame, level
+        frame, level = frame.f_back, level + 1
+    return None, level
 
 
 def written_argument(frame: types.FrameType | None) -> tuple[str, str] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -254,3 +254,35 @@ def compare_states(state_in: Any, state_out: Any, root: str, weak_type: bool = T
         else:
             uncastable.extend(leaf_found)
     return Verdict(tuple(found), tuple(castable), tuple(uncastable))
+
+
+def compare_partitioned(
+    state_in: Any, state_out: Any, root: str, weak_type: bool, traced: Callable[[Any], bool]
+) -> Verdict:
+    """Compares two states split as Equinox's `partition` splits them by `traced`.
+
+    The traced halves are compared leaf by leaf; the other leaves (Python
+    scalars included, which `compare_states` compares by type) by value, as
+    Optimistix's `eqx.tree_equal` does. Only the traced half can be cast.
+    """
+    dynamic_in, static_in = _partition(state_in, traced)
+    dynamic_out, static_out = _partition(state_out, traced)
+    verdict = compare_states(dynamic_in, dynamic_out, root, weak_type)
+    values = dict(static_out)
+    changed = tuple(
+        Mismatch(root + path, "structure", describe_static(old), describe_static(values[path]))
+        for path, old in static_in
+        if path in values and not static_equal(old, values[path])
+    )
+    if not changed:
+        return verdict
+    return Verdict(verdict.mismatches + changed, (), verdict.uncastable + changed)
+
+
+def _partition(tree: Any, traced: Callable[[Any], bool]) -> tuple[Any, list[tuple[str, Any]]]:
+    """(`tree` with its untraced leaves as None, the untraced leaves by keypath)."""
+    entries, treedef = _tree.tree_flatten_with_path(tree)
+    flags = [not is_static(leaf) and bool(traced(leaf)) for _, leaf in entries]
+    dynamic = [leaf if flag else None for (_, leaf), flag in zip(entries, flags)]
+    static = [(_tree.keystr(path), leaf) for (path, leaf), flag in zip(entries, flags) if not flag]
+    return _tree.tree_unflatten(treedef, dynamic), static

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 import weakref
 from collections.abc import Callable
@@ -17,9 +18,10 @@ from typing import Any, cast
 import jax
 
 from . import _annotations, _config
+from ._call_site import user_frame
 from ._carry import Rule, carry_verdict
 from ._cast import cast_back
-from ._compare import OK, Verdict, compare_states
+from ._compare import OK, Verdict, compare_partitioned, compare_states
 from ._compat import Tracer, flatten_like, hide_from_tracebacks
 from ._config import Mode
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
@@ -115,13 +117,21 @@ class Guard:
     - `plan`: where the states are (`CallPlan`).
     - `mode`, `weak_type`: as declared (`mode=None`: the configured mode).
     - `follows_config`: whether `config`, scopes and strict mode apply (not in
-      the testing assertions, which check exactly what they are asked).
+      the testing assertions, which check exactly what they are asked, nor in
+      the loop hook, whose scope set its mode).
+    - `strict`: for a guard that does not follow the configuration, whether
+      strict mode set its mode (said in its reports).
     - `annotations`: whether to check `fn`'s jaxtyping annotations.
     - `hold_weakly`: keep only a weak reference to `fn` (cached loop bodies).
     - `rule`: compare as a loop or branch does (`_carry.Rule`): a Python scalar
       that `jax.lax` accepts for an array leaf is cast, not a structure change.
+    - `traced`: which leaves are traced, a predicate such as `eqx.is_array`; the
+      others are compared by value (`compare_partitioned`). None: every array
+      and Python scalar.
     - `title`: `(name, "file:line")` that reports give the function, where not
       its own (`invariant(adamw)`).
+    - `notes`: `(args, kwargs, result) -> lines` that a report adds before its
+      hint (the loop hook: where the loop was reached from).
     """
 
     def __init__(
@@ -133,9 +143,12 @@ class Guard:
         weak_type: bool = True,
         annotations: bool = True,
         follows_config: bool = True,
+        strict: bool = False,
         hold_weakly: bool = False,
         rule: Rule | None = None,
+        traced: Callable[[Any], bool] | None = None,
         title: tuple[str, str] | None = None,
+        notes: Callable[[tuple[Any, ...], dict[str, Any], Any], list[str]] | None = None,
     ) -> None:
         self._fn: Callable[[], Any] = weakref.ref(fn) if hold_weakly else (lambda: fn)
         self._strong_fn = None if hold_weakly else fn  # the eager fast path reads it directly
@@ -143,10 +156,14 @@ class Guard:
         self.mode = mode
         self.weak_type = weak_type
         self.follows_config = follows_config
+        self._strict = strict
         self.title = title
+        self.notes = notes
         self.rule: Rule | None = rule
+        self.traced = traced
         out = plan.outs[0]
-        returned_one = len(plan.states) == 1 and not isinstance(out, str) and rule is None
+        compared_as_is = rule is None and traced is None
+        returned_one = len(plan.states) == 1 and not isinstance(out, str) and compared_as_is
         self._one = (plan.states[0], out) if returned_one and not isinstance(out, str) else None
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
         self.verdicts: dict[Any, Verdict] = {}
@@ -167,7 +184,9 @@ class Guard:
 
     def strict(self, mode: str) -> bool:
         """Whether strict mode made this call's check (read on report only)."""
-        return self.follows_config and mode == "check" and _config.config.strict
+        if not self.follows_config:
+            return self._strict
+        return mode == "check" and _config.config.strict
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
@@ -246,7 +265,7 @@ class Guard:
         if self.annotations is not None:
             mismatches += self.annotations(args, kwargs, result)
         if mismatches:
-            self._report(mismatches, mode, args, kwargs)
+            self._report(mismatches, mode, args, kwargs, result)
         return result
 
     def _snapshot(
@@ -301,6 +320,10 @@ class Guard:
     ) -> Verdict:
         if self.rule is not None:
             return carry_verdict(before.tree(), state_out, parameter.name, self.rule, weak_type)
+        if self.traced is not None:
+            return compare_partitioned(
+                before.tree(), state_out, parameter.name, weak_type, self.traced
+            )
         leaves_out, tree_out = _tree.tree_flatten(state_out)
         try:
             keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))
@@ -370,19 +393,41 @@ class Guard:
         mode: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        result: Any,
     ) -> None:
         __tracebackhide__ = True
         mismatches = self._explain(mismatches, args, kwargs)
         location = self.title[1] if self.title else describe_location(self.fn)[1]
         strict = self.strict(mode)
         message = format_report(self.name, location, self.plan.names, mismatches, mode, strict)
-        if mode == "warn":
-            if not _config.retracing.get():
-                warnings.warn(StateDtypeWarning(message), stacklevel=4)
-            return
-        error = StateDtypeError(message, mismatches, self.name)
-        error._guard = self  # type: ignore[attr-defined]
-        raise error
+        if self.notes is not None:
+            lines = message.split("\n")
+            message = "\n".join(lines[:-1] + self.notes(args, kwargs, result) + lines[-1:])
+        deliver(message, mismatches, self.name, mode, guard=self)
+
+
+def deliver(
+    message: str,
+    mismatches: list[Mismatch],
+    name: str,
+    mode: str,
+    guard: Guard | None = None,
+) -> None:
+    """A report: warned about in warn mode (once: not again while provenance re-traces),
+    else raised as a `StateDtypeError` (that `guard` raised, if it is given).
+
+    A warning points at the user's innermost frame.
+    """
+    __tracebackhide__ = True
+    if mode == "warn":
+        if not _config.retracing.get():
+            frame, level = user_frame(sys._getframe(1))
+            warnings.warn(StateDtypeWarning(message), stacklevel=level + 2 if frame else 2)
+        return
+    error = StateDtypeError(message, mismatches, name)
+    if guard is not None:
+        error._guard = guard  # type: ignore[attr-defined]
+    raise error
 
 
 def _from_here(error: StateDtypeError, guard: Guard) -> StateDtypeError:

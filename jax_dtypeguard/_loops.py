@@ -16,10 +16,8 @@ import contextlib
 import dataclasses
 import functools
 import inspect
-import os
 import sys
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,19 +25,19 @@ import jax
 import jax.numpy as jnp
 
 from . import _config
-from ._carry import Rule, accepted_scalars, carry_verdict
+from ._call_site import user_frame
+from ._carry import accepted_scalars, carry_verdict
 from ._cast import cast_back
 from ._errors import (
     Mismatch,
     StateDtypeError,
-    StateDtypeWarning,
     count_of,
     format_report,
     short_path,
 )
-from ._guard import copy_names
-from ._plan import StateParameter, describe_location, parameter_name, replace_in
-from ._provenance import code_directories
+from ._guard import Guard, deliver, guarded_callable
+from ._plan import CallPlan, StateParameter, describe_location, parameter_name
+from ._provenance import explain
 from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
@@ -68,121 +66,75 @@ _BRANCHES = ("cond", "switch")
 
 
 def _call_site() -> str | None:
-    """The innermost frame on the stack outside installed packages, JAX and this library."""
-    frame = sys._getframe(1)
-    foreign = tuple(path for group in code_directories() for path in group)
-    while frame is not None:
-        file = frame.f_code.co_filename
-        if not file.startswith("<frozen") and not os.path.abspath(file).startswith(foreign):
-            return f"{short_path(file)}:{frame.f_lineno} in {frame.f_code.co_name}"
-        frame = frame.f_back
-    return None
+    """The user's innermost frame on the stack, as `file:line in function`."""
+    frame = user_frame(sys._getframe(1))[0]
+    if frame is None:
+        return None
+    return f"{short_path(frame.f_code.co_filename)}:{frame.f_lineno} in {frame.f_code.co_name}"
 
 
-def _message(
-    header: str | None,
-    fn: Callable[..., Any],
-    state_name: str,
-    mismatches: list[Mismatch],
-    mode: str,
-    form: str,
-    scalars: list[str],
+def _context(form: str, scalars: list[str]) -> list[str]:
+    """The lines a report adds before its hint: the loop or branch, where it was reached
+    from, and the Python scalars the loop accepted for arrays."""
+    site_text = _call_site()
+    where = f"In jax.lax.{form}" if form in _LOOPS or form in _BRANCHES else f"In {form}"
+    lines = [where + (f", reached from {site_text}." if site_text else ".")]
+    if scalars:
+        lines.append(
+            f"Python scalars where the carry holds arrays ({', '.join(scalars)}): the loop "
+            "accepts them, but return arrays of the carry's types (`jnp.asarray(value, "
+            'dtype)`), or use mode="cast", which converts them.'
+        )
+    return lines
+
+
+def _branch_message(
+    header: str, fn: Callable[..., Any], root: str, mismatches: list[Mismatch], mode: str, form: str
 ) -> str:
     name, location = describe_location(fn)
     strict = mode == "check" and _config.config.strict
-    lines = format_report(name, location, state_name, mismatches, mode, strict).split("\n")
-    if header is not None:
-        lines[0] = header
-    site_text = _call_site()
-    where = f"In jax.lax.{form}" if form in _LOOPS or form in _BRANCHES else f"In {form}"
-    where += f", reached from {site_text}." if site_text else "."
-    lines.insert(len(lines) - 1, where)
-    if scalars:
-        lines.insert(
-            len(lines) - 1,
-            f"Python scalars where the carry holds arrays ({', '.join(scalars)}): the loop "
-            "accepts them, but return arrays of the carry's types (`jnp.asarray(value, "
-            'dtype)`), or use mode="cast", which converts them.',
-        )
-    return "\n".join(lines)
-
-
-def _raise_or_warn(message: str, mismatches: list[Mismatch], fn: Callable[..., Any], mode: str):
-    if mode == "warn":
-        if not _config.retracing.get():
-            warnings.warn(StateDtypeWarning(message), stacklevel=4)
-        return
-    raise StateDtypeError(message, mismatches, describe_location(fn)[0])
-
-
-def _explain(
-    fn: Callable[..., Any],
-    state: StateParameter,
-    out: int | None,
-    args: tuple[Any, ...],
-    found: Any,
-) -> list[Mismatch]:
-    from ._provenance import explain
-
-    return explain(fn, state, out, args, {}, list(found))
+    lines = format_report(name, location, root, mismatches, mode, strict).split("\n")
+    return "\n".join([header, *lines[1:-1], *_context(form, []), lines[-1]])
 
 
 # --------------------------------------------------------------------------------------------
 # Bodies
 
 
-class _CarryGuard:
-    """A loop body that compares its carry out with its carry in, under the loop's rule."""
+def _carry_guard(
+    fn: Callable[..., Any],
+    position: int,
+    out: int | None,
+    settings: _config.LoopSettings,
+    form: str,
+) -> Callable[..., Any]:
+    """`fn`, a loop body, comparing its carry out with its carry in under `jax.lax`'s rule."""
+    parameter = StateParameter.at(fn, position, "carry")
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        position: int,
-        out: int | None,
-        settings: _config.LoopSettings,
-        rule: Rule,
-        form: str,
-    ) -> None:
-        self.fn, self.out, self.settings, self.form = fn, out, settings, form
-        self.rule: Rule = rule
-        self.state = StateParameter.at(fn, position, "carry")
-        copy_names(self, fn)
+    def notes(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> list[str]:
+        state_out = result if out is None else result[out]
+        accepted = accepted_scalars(args[position], state_out, "lax")
+        return _context(form, [parameter.name + path for path in accepted])
 
-    @property
-    def __wrapped__(self) -> Callable[..., Any]:
-        return self.fn
-
-    def __call__(self, *args: Any) -> Any:
-        result = self.fn(*args)
-        state_in = args[self.state.position or 0]
-        state_out = result if self.out is None else result[self.out]
-        mode, weak_type = self.settings
-        verdict = carry_verdict(state_in, state_out, self.state.name, self.rule, weak_type)
-        if not verdict.mismatches:
-            return result
-        found = list(verdict.mismatches)
-        if mode == "cast":
-            if verdict.castable and not verdict.uncastable:
-                state_out = cast_back(state_out, verdict.castable)
-                result = replace_in(result, self.out, state_out)
-            found = list(verdict.uncastable)
-        if found:
-            scalars = [
-                self.state.name + p for p in accepted_scalars(state_in, state_out, self.rule)
-            ]
-            found = _explain(self.fn, self.state, self.out, args, found)
-            text = _message(None, self.fn, self.state.name, found, mode, self.form, scalars)
-            _raise_or_warn(text, found, self.fn, mode)
-        return result
+    guard = Guard(
+        fn,
+        CallPlan.single(parameter, out),
+        mode=settings.mode,  # type: ignore[arg-type]
+        weak_type=settings.weak_type,
+        annotations=False,
+        follows_config=False,
+        strict=settings.mode == "check" and _config.config.strict,
+        rule="lax",
+        notes=notes,
+    )
+    return guarded_callable(guard)
 
 
 def _already_guarded(fn: Any) -> bool:
     """A `dg.lax` body, a decorated function, or one of this hook's guards."""
     while isinstance(fn, functools.partial):
         fn = fn.func
-    return isinstance(fn, _CarryGuard) or any(
-        hasattr(fn, attribute) for attribute in ("__dtypeguard__", "_guard", _EQUINOX_MARK)
-    )
+    return any(hasattr(fn, attribute) for attribute in ("__dtypeguard__", "_guard", _EQUINOX_MARK))
 
 
 def _as_is(
@@ -216,7 +168,7 @@ def _loop(name: str, original: Callable[..., Any], settings: Any, args: Any, kwa
     ran, result, jax_error = _as_is(original, settings, args, kwargs)
     if ran:
         return result
-    bound.arguments[form.body] = _CarryGuard(body, form.position, form.out, settings, "lax", name)
+    bound.arguments[form.body] = _carry_guard(body, form.position, form.out, settings, name)
     try:
         return original(*bound.args, **bound.kwargs)
     except StateDtypeError:
@@ -375,13 +327,13 @@ def _report_branches(
         fn = records[i].fn
         mismatches = list(verdict.mismatches)
         if reference is not None:
-            mismatches = _explain(fn, state, None, records[i].args, mismatches)
+            mismatches = explain(fn, state, None, records[i].args, {}, mismatches)
         fn_name, location = describe_location(fn)
         header = (
             f"{names[i]} {fn_name} ({location}) returns other types than {other} "
             f"({count_of(mismatches)}):"
         )
-        texts.append(_message(header, fn, root, mismatches, mode, name, []))
+        texts.append(_branch_message(header, fn, root, mismatches, mode, name))
         found += mismatches
     if mode == "cast" and target is None:
         texts.append(
@@ -389,7 +341,8 @@ def _report_branches(
             "branches', so cast mode cannot choose the types to cast to: make the branches "
             "return one type."
         )
-    _raise_or_warn("\n".join(texts), found, records[disagreeing[0][0]].fn, mode)
+    fn_name = describe_location(records[disagreeing[0][0]].fn)[0]
+    deliver("\n".join(texts), found, fn_name, mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,9 +356,7 @@ def _equinox_rewrite(original: Callable[..., Any]) -> Callable[..., Any]:
     def common_rewrite(cond_fun, body_fun, init_val, *args, **kwargs):
         settings = _config.loop_settings()
         if settings is not None and callable(body_fun) and not _already_guarded(body_fun):
-            body_fun = _CarryGuard(
-                body_fun, 0, None, settings, "equinox", "equinox.internal.while_loop"
-            )
+            body_fun = _carry_guard(body_fun, 0, None, settings, "equinox.internal.while_loop")
         rewritten = original(cond_fun, body_fun, init_val, *args, **kwargs)
         with contextlib.suppress(AttributeError, TypeError):
             setattr(rewritten[1], _EQUINOX_MARK, True)

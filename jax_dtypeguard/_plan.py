@@ -8,9 +8,11 @@ place).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,11 +46,24 @@ def describe_location(fn: Callable[..., Any]) -> tuple[str, str]:
     return name, f"{short_path(code.co_filename)}:{code.co_firstlineno}"
 
 
-def _parameters(fn: Callable[..., Any]) -> list[inspect.Parameter] | None:
+# Each function's parameters, read once: at decoration, then by reports and provenance.
+_PARAMETERS: weakref.WeakKeyDictionary[Any, tuple[inspect.Parameter, ...] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _parameters(fn: Callable[..., Any]) -> tuple[inspect.Parameter, ...] | None:
     try:
-        return list(inspect.signature(fn).parameters.values())
+        return _PARAMETERS[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        parameters = tuple(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return None
+        parameters = None
+    with contextlib.suppress(TypeError):  # not weakly referenceable or not hashable
+        _PARAMETERS[fn] = parameters
+    return parameters
 
 
 def parameter_name(fn: Callable[..., Any], position: int, fallback: str) -> str:
@@ -151,6 +166,17 @@ class StateParameter:
     ) -> StateParameter:
         """Positional argument `position` (or keyword `keyword`), reported as `name`."""
         return cls(name, position=position, keyword=keyword, default=default)
+
+    def slots(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, ...]:
+        """Which of a call's arguments hold the state: `("0",)`, `("k",)`, every positional
+        one (branch operands), or none (the state is the parameter's default)."""
+        if self.operands:
+            return tuple(str(i) for i in range(len(args)))
+        if self.position is not None and len(args) > self.position:
+            return (str(self.position),)
+        if self.keyword is not None and self.keyword in kwargs:
+            return (self.keyword,)
+        return ()
 
     def find(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:
         """`(True, the state)` in a call's arguments, or `(False, None)` where it is missing."""

@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import site
-import sysconfig
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +24,11 @@ import jax
 import numpy as np
 
 from . import _compat, _config
+from ._call_site import code_directories
 from ._compat import cond_branches, is_literal, loop_layout
 from ._errors import Mismatch, Origin, short_path
 from ._lineage import Frame, Lineage, OutOfTime, call_jaxpr
-from ._plan import argument_names
+from ._plan import StateParameter, argument_names
 from ._signature import LeafSignature, category, is_static
 
 _tree = jax.tree_util
@@ -41,7 +40,7 @@ _ARRAY_TYPES = (jax.Array, _compat.Tracer, np.ndarray, np.generic)
 
 def explain(
     fn: Callable[..., Any],
-    parameter: Any,
+    parameter: StateParameter,
     out: int | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -73,7 +72,7 @@ def explain(
 
 def _explain(
     fn: Callable[..., Any],
-    parameter: Any,
+    parameter: StateParameter,
     out: int | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -114,27 +113,6 @@ def _without_static(tree: Any) -> Any:
     return _tree.tree_map(lambda leaf: None if is_static(leaf) else leaf, tree)
 
 
-def _state_slots(
-    parameter: Any, state: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[str, ...] | None:
-    """Which argument slots hold the state: `("0",)`, `("k",)`, every positional, or None."""
-    position = getattr(parameter, "position", None)
-    keyword = getattr(parameter, "keyword", None)
-    if position is not None and position < len(args) and args[position] is state:
-        return (str(position),)
-    if keyword is not None and kwargs.get(keyword) is state and keyword in kwargs:
-        return (keyword,)
-    if state is args:
-        return tuple(str(i) for i in range(len(args)))
-    for i, arg in enumerate(args):
-        if arg is state:
-            return (str(i),)
-    for key, value in kwargs.items():
-        if value is state:
-            return (key,)
-    return None
-
-
 @dataclasses.dataclass
 class _Traced:
     """The function's jaxpr and where the state's leaves are among its inputs and outputs."""
@@ -149,7 +127,7 @@ class _Traced:
     def of(
         cls,
         fn: Callable[..., Any],
-        parameter: Any,
+        parameter: StateParameter,
         out: int | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -165,24 +143,20 @@ class _Traced:
         ]
         state_paths = [path for path, _ in state_entries]
         state_leaves = [leaf for _, leaf in state_entries]
-        slots = _state_slots(parameter, state, args, kwargs)
-        keyword = getattr(parameter, "keyword", None)
-        if slots is None and keyword is not None:  # the state is the parameter's default
-            kwargs = {**kwargs, keyword: state}
-            slots = (keyword,)
+        slots = parameter.slots(args, kwargs)
+        if not slots and parameter.keyword is not None:  # the state is the parameter's default
+            kwargs = {**kwargs, parameter.keyword: state}
+            slots = (parameter.keyword,)
         names = argument_names(fn, len(args))
         slot_items = [(str(i), names[i], a) for i, a in enumerate(args)]
         slot_items += [(k, k, v) for k, v in kwargs.items()]
         flat = []  # per slot: (treedef, leaves, labels)
-        state_leaf_slots = []
         for slot, name, value in slot_items:
             entries, treedef = _tree.tree_flatten_with_path(value)
             leaves = [leaf for _, leaf in entries]
             labels = [name + _tree.keystr(path) for path, _ in entries]
-            is_state = slots is not None and slot in slots
+            is_state = slot in slots
             flat.append((treedef, leaves, labels, is_state))
-            if is_state:
-                state_leaf_slots.append(len(flat) - 1)
 
         for keep_arrays_dynamic in (True, False):
             try:
@@ -190,7 +164,7 @@ class _Traced:
             except Exception:  # the user's function: it may fail on abstract arguments
                 continue
             jaxpr, labels, state_invar_list, outputs = traced
-            if slots is not None and len(state_invar_list) != len(state_paths):
+            if slots and len(state_invar_list) != len(state_paths):
                 state_invar_list = []
             return cls(
                 jaxpr,
@@ -288,19 +262,6 @@ class _Traced:
         file, line, function = location or (None, None, None)
         label = None if argument is None else self.labels[argument]
         return Origin(found.eqn.primitive.name, file, line, function, label)
-
-
-@functools.cache
-def code_directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """Directories of JAX (and this package), of the stdlib, of installed packages."""
-    import jaxlib
-
-    paths = sysconfig.get_paths()
-    here = (jax.__file__, jaxlib.__file__, os.path.abspath(__file__))
-    internal = {os.path.join(os.path.dirname(f), "") for f in here}
-    stdlib = {os.path.join(paths[k], "") for k in ("stdlib", "platstdlib")}
-    installed = {paths["purelib"], paths["platlib"], *site.getsitepackages()}
-    return tuple(internal), tuple(stdlib), tuple(os.path.join(p, "") for p in installed)
 
 
 @functools.cache

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import warnings
 from typing import Any
 
 import jax
@@ -17,9 +16,9 @@ import optax
 
 from ._call_site import written_argument
 from ._compat import Tracer, convert_element_type
-from ._config import effective, retracing, validate_mode
-from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, count_of
-from ._guard import Guard
+from ._config import effective, validate_mode
+from ._errors import Mismatch, count_of
+from ._guard import Guard, deliver
 from ._plan import CallPlan, StateParameter, describe_location
 from ._signature import LeafSignature, NotALeafError, category
 
@@ -175,12 +174,7 @@ class _ParamsGuard:
                 line += f"  ({mismatch.origin})"
             lines.append(line)
         lines.append(self.hint(mismatches, comparison, mode, remedy))
-        message = "\n".join(lines)
-        if mode == "warn":
-            if not retracing.get():
-                warnings.warn(StateDtypeWarning(message), stacklevel=6)
-            return
-        raise StateDtypeError(message, mismatches, self.name)
+        deliver("\n".join(lines), mismatches, self.name, mode)
 
     def hint(
         self, mismatches: list[Mismatch], comparison: _ParamsComparison, mode: str, remedy: str

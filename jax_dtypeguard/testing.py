@@ -15,14 +15,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._compare import compare_states
 from ._compat import enable_x64
 from ._decorator import _validate
-from ._errors import Mismatch, StateDtypeError, format_report
+from ._errors import Mismatch, StateDtypeError
 from ._guard import Guard
-from ._plan import CallPlan, StateParameter, describe_location, is_index, select
-from ._provenance import explain
-from ._signature import describe_static, is_static, needs_x64, static_equal
+from ._plan import CallPlan, StateParameter, describe_location, is_index
+from ._signature import is_static, needs_x64
 
 __all__ = [
     "DTYPES",
@@ -199,13 +197,16 @@ def assert_state_dtype_invariant(
     _validate("check", weak_type, True, None, None)
     call_args = _insert_parts(args, positions, parts)
     outs: tuple[Any, ...] = out if isinstance(out, tuple) else (out,)
-    if traced is not None:
-        guard: Callable[..., Any] = _PartsCheck(fn, positions, outs, weak_type, traced)
-    else:
-        fallback = ["state"] if not several else [f"state{i}" for i in range(len(positions))]
-        states = tuple(StateParameter.at(fn, p, f) for p, f in zip(positions, fallback))
-        plan = CallPlan(states, outs)
-        guard = Guard(fn, plan, mode="check", weak_type=weak_type, follows_config=False)
+    fallback = ["state"] if not several else [f"state{i}" for i in range(len(positions))]
+    states = tuple(StateParameter.at(fn, p, f) for p, f in zip(positions, fallback))
+    guard = Guard(
+        fn,
+        CallPlan(states, outs),
+        mode="check",
+        weak_type=weak_type,
+        follows_config=False,
+        traced=traced,
+    )
     inputs, rebuild = _split_static((call_args, kwargs), traced)
 
     def run(values: list[Any]) -> Any:
@@ -213,82 +214,6 @@ def assert_state_dtype_invariant(
         guard(*positional, **keywords)
 
     jax.eval_shape(run, inputs)
-
-
-class _PartsCheck:
-    """The check of a state split by a `traced` predicate, in one part or several.
-
-    Each part is split as Equinox's `partition` splits it: the traced half is
-    compared leaf by leaf, the static half (Python scalars included, which the
-    core compares by their type) by value, as Optimistix's `eqx.tree_equal`
-    does. Paths are rooted at each part's parameter name (`y`,
-    `state.f_info.grad`). Without `traced`, the core `Guard` checks a state in
-    one part or several.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        positions: tuple[int, ...],
-        outs: tuple[int | None, ...],
-        weak_type: bool,
-        traced: Callable[[Any], bool] | None,
-    ) -> None:
-        self.fn = fn
-        fallback = (
-            ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
-        )
-        self.parameters = [StateParameter.at(fn, p, f) for p, f in zip(positions, fallback)]
-        self.outs = outs
-        self.weak_type = weak_type
-        self.traced = traced
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = self.fn(*args, **kwargs)
-        name, location = describe_location(self.fn)
-        mismatches: list[Mismatch] = []
-        for parameter, index in zip(self.parameters, self.outs):
-            part_in = args[parameter.position]  # type: ignore[index]
-            part_out = select(self.fn, result, index)
-            dynamic_in, static_in = self._partition(part_in)
-            dynamic_out, static_out = self._partition(part_out)
-            found = list(
-                compare_states(dynamic_in, dynamic_out, parameter.name, self.weak_type).mismatches
-            )
-            if found:
-                found = explain(self.fn, parameter, index, args, kwargs, found)
-            mismatches += found + _static_changes(static_in, static_out, parameter.name)
-        if mismatches:
-            names = ", ".join(p.name for p in self.parameters)
-            message = format_report(name, location, names, mismatches, "check")
-            raise StateDtypeError(message, mismatches, name)
-        return result
-
-    def _partition(self, tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
-        """(the tree with its static leaves replaced by None, the static leaves by path)."""
-        if self.traced is None:
-            return tree, []
-        entries, treedef = jax.tree_util.tree_flatten_with_path(tree)
-        flags = [not is_static(leaf) and bool(self.traced(leaf)) for _, leaf in entries]
-        dynamic = [leaf if flag else None for (_, leaf), flag in zip(entries, flags)]
-        static = [
-            (jax.tree_util.keystr(path), leaf)
-            for (path, leaf), flag in zip(entries, flags)
-            if not flag
-        ]
-        return jax.tree_util.tree_unflatten(treedef, dynamic), static
-
-
-def _static_changes(
-    before: list[tuple[str, Any]], after: list[tuple[str, Any]], root: str
-) -> list[Mismatch]:
-    """A `structure` mismatch for each static leaf whose value changed."""
-    values = dict(after)
-    return [
-        Mismatch(root + path, "structure", describe_static(old), describe_static(values[path]))
-        for path, old in before
-        if path in values and not static_equal(old, values[path])
-    ]
 
 
 def _no_args(dtype: str) -> tuple[Any, ...]:

@@ -186,6 +186,14 @@ def test_default_mode_comes_from_config_at_call_time():
         guarded(jnp.ones(2, jnp.float16))
 
 
+def test_a_warning_points_at_the_guarded_call():
+    guarded = state_dtype_invariant(lambda s: s * jnp.float32(2), mode="warn")
+    with pytest.warns(StateDtypeWarning) as record:
+        guarded(jnp.ones(2, jnp.float16))
+    line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
+
+
 def test_strict_turns_cast_warn_and_weak_type_false_into_check_but_off_stays_off():
     def step(s):
         return s * jnp.float32(2)

@@ -59,8 +59,9 @@ def test_cast_repairs_and_warn_warns_then_leaves_it_to_jax():
         x = jax.lax.fori_loop(0, 3, widen, F16)
     assert x.dtype == jnp.float16 and float(x) == 3.0
     warned = pytest.warns(dg.StateDtypeWarning, match="widen")
-    with dg.guard_loops(mode="warn"), warned, pytest.raises(TypeError, match="carry"):
+    with dg.guard_loops(mode="warn"), warned as record, pytest.raises(TypeError, match="carry"):
         jax.lax.fori_loop(0, 3, widen, F16)
+    assert record[0].filename == __file__, "the warning points at the user's code"
 
 
 @pytest.mark.parametrize(

@@ -307,8 +307,9 @@ def test_updates_modes(updates, dtype):
 def test_updates_warn():
     with pytest.warns(
         dg.StateDtypeWarning, match=r"updates\['w'\]: float32\[4,3\] but params\['w'\] is float16"
-    ):
+    ) as warned:
         mixed_precision_step(invariant(optax.sgd(1e-2), updates="warn"), jnp.float16)
+    assert {w.filename for w in warned} == {__file__}, "warnings point at the user's call"
 
 
 def test_updates_ignore_weak_type_outside_strict_mode():

@@ -15,7 +15,8 @@ import numpy as np
 import optax
 
 from ._call_site import written_argument
-from ._compat import Tracer, convert_element_type
+from ._cast import cast_back
+from ._compat import Tracer
 from ._config import effective, validate_mode
 from ._errors import Mismatch, count_of
 from ._guard import Guard, deliver
@@ -64,7 +65,8 @@ class _ParamsComparison:
     mismatches: list[Mismatch] = dataclasses.field(default_factory=list)
     uncastable: list[Mismatch] = dataclasses.field(default_factory=list)
     param_paths: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> param's
-    casts: dict[int, LeafSignature] = dataclasses.field(default_factory=dict)  # leaf -> target
+    # (index among the tree's leaves, the signature to cast it to), as `cast_back` takes them
+    casts: list[tuple[int, LeafSignature]] = dataclasses.field(default_factory=list)
 
     def add(self, mismatch: Mismatch, param_path: str, castable: bool) -> None:
         self.mismatches.append(mismatch)
@@ -89,8 +91,12 @@ def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> 
         expected, got = jax.tree.structure(params), jax.tree.structure(tree)
         comparison.add(Mismatch(root, "structure", str(expected), str(got)), "params", False)
         return comparison
-    for index, ((path, leaf), param) in enumerate(zip(entries, param_leaves)):
-        if _is_left_out(leaf) or not isinstance(param, _ARRAYS) or not isinstance(leaf, _ARRAYS):
+    index = -1  # among the leaves of `tree`, which holds no leaf where it leaves one out
+    for (path, leaf), param in zip(entries, param_leaves):
+        if _is_left_out(leaf):
+            continue
+        index += 1
+        if not isinstance(param, _ARRAYS) or not isinstance(leaf, _ARRAYS):
             continue
         try:
             got, expected = LeafSignature.of(leaf), LeafSignature.of(param)
@@ -110,19 +116,16 @@ def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> 
             comparison.add(mismatch, param_path, castable and all(c for _, c in found))
         if found and all(castable for _, castable in found):
             weak = expected.weak_type if weak_type else got.weak_type
-            comparison.casts[index] = expected._replace(weak_type=weak)
+            comparison.casts.append((index, expected._replace(weak_type=weak)))
     return comparison
 
 
-def _cast_to_params(tree: Any, casts: dict[int, LeafSignature]) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_is_left_out)
-    for index, target in casts.items():
-        leaves[index] = convert_element_type(leaves[index], target.dtype, target.weak_type)
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+class _ParamsCheck:
+    """The updates-vs-params half of `invariant`: its mode, and reports that name the fix.
 
-
-class _ParamsGuard:
-    """The updates-vs-params half of `invariant`: its mode, and reports that name the fix."""
+    Not a `Guard`: it compares a tree (updates, or the params a line search
+    tries) with another, the params, rather than a state with itself.
+    """
 
     def __init__(self, mode: str | None, given: bool, name: str, location: str) -> None:
         self.mode = mode
@@ -151,7 +154,7 @@ class _ParamsGuard:
         if mode == "cast":
             reported = comparison.uncastable
             if not reported:
-                return _cast_to_params(tree, comparison.casts)
+                return cast_back(tree, comparison.casts)
         if explain is not None:
             reported = explain(reported)
         self.report(reported, comparison, mode, what, remedy)
@@ -199,7 +202,7 @@ class _ParamsGuard:
         return f"Hint: {fix}, or {remedy}."
 
 
-def _value_fn_at_params_types(value_fn: Any, params: Any, guard: _ParamsGuard) -> Any:
+def _value_fn_at_params_types(value_fn: Any, params: Any, guard: _ParamsCheck) -> Any:
     """`value_fn`, called with params in `params`' dtypes (a line search promotes them)."""
 
     @functools.wraps(value_fn)
@@ -286,7 +289,7 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) ->
         annotations=False,
         title=(name, location),
     )
-    params_guard = _ParamsGuard(
+    params_guard = _ParamsCheck(
         updates if updates is not None else mode, updates is not None, name, location
     )
     updates_parameter = StateParameter.argument("updates", 2, "params", None)

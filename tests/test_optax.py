@@ -359,6 +359,14 @@ def test_updates_where_no_array_param_or_update_is_not_drift(mode):
     assert updates["w"].dtype == jnp.bfloat16
 
 
+def test_updates_cast_skips_the_leaves_left_out():
+    tx = invariant(optax.add_decayed_weights(0.1))
+    params = {"a": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(3, jnp.bfloat16)}
+    grads = {"a": None, "b": jnp.ones(3, jnp.float32)}  # None sorts before the drifting leaf
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert updates["a"] is None and updates["b"].dtype == jnp.bfloat16
+
+
 # --- strict mode ------------------------------------------------------------------------------
 
 

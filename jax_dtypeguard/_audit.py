@@ -232,7 +232,7 @@ def _load_registered(
         return [_missing(name, error)]
     except Exception as error:
         raise UsageError(
-            f"target {name!r} ({library}) could not list its cases: {_first_line(error)}"
+            f"target {name!r} ({library}) could not list its cases: {first_line(error)}"
         ) from None
     return _items(f"target {name!r}", made)
 
@@ -304,7 +304,7 @@ def _items(what: str, value: Any) -> list[Item]:
     return items
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -326,6 +326,39 @@ def probe(case: Case, dtype: str = "float32") -> BaseException | None:
         except Exception as error:
             return error
     return None
+
+
+def first_that_runs(
+    candidates: Iterable[Subject], dtype: str = "float32"
+) -> Subject | BaseException:
+    """The first candidate whose case runs once at `dtype` (drifting or not), else what the
+    first one raised: a target trying its subject on several problems."""
+    failure: BaseException | None = None
+    for candidate in candidates:
+        error = probe(candidate.case, dtype)
+        if error is None:
+            return candidate
+        failure = failure or error
+    if failure is None:
+        raise ValueError("first_that_runs needs at least one candidate")
+    return failure
+
+
+def rows_of(
+    found: Iterable[tuple[Any, ...] | Skipped], rows: Callable[..., list[Item]]
+) -> list[Item]:
+    """The rows of what a target found: `rows(*subject)` for each subject it could
+    build, and the `Skipped` row of each it could not."""
+    return [row for f in found for row in ([f] if isinstance(f, Skipped) else rows(*f))]
+
+
+def fails_on_problem(name: str, error: BaseException) -> Skipped:
+    """The row of a subject whose step fails on every problem a target tried."""
+    return Skipped(
+        name,
+        f"its step fails on the audit's problem ({first_line(error)}); audit it with "
+        "your own Case (module:attribute target)",
+    )
 
 
 def _traced_inputs(case: Case, parts: Sequence[Any], args: Sequence[Any]) -> tuple[Any, Any]:
@@ -422,7 +455,7 @@ def _not_applicable(error: BaseException | None) -> str | None:
         if isinstance(error, NotApplicable):
             return str(error)
         if isinstance(error, NotImplementedError):
-            return f"not supported in this configuration by the library: {_first_line(error)}"
+            return f"not supported in this configuration by the library: {first_line(error)}"
         error = error.__cause__
     return None
 
@@ -483,7 +516,7 @@ def _run_into(
         try:
             mismatches = check_init(subject.init, dtype, mismatches)
         except Exception as error:
-            result.warnings.append(f"the init check could not run: {_first_line(error)}")
+            result.warnings.append(f"the init check could not run: {first_line(error)}")
     result.mismatches = [_with_source(m, subject.source) for m in mismatches]
     result.status = "drift" if mismatches else "ok"
     notes = [result.reason] if result.reason else []
@@ -492,7 +525,7 @@ def _run_into(
             result.compiles = _jit_compiles(case, dtype)
         except Exception as error:
             result.status = "error"
-            notes.append(f"the jitted step raised {_first_line(error)}")
+            notes.append(f"the jitted step raised {first_line(error)}")
         else:
             if result.compiles > 1:
                 result.status = "drift"

@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ._audit import InitCheck, Item, NotApplicable, Skipped, Subject, _first_line, probe
+from ._audit import (
+    InitCheck,
+    Item,
+    NotApplicable,
+    Skipped,
+    Subject,
+    fails_on_problem,
+    first_line,
+    first_that_runs,
+    rows_of,
+)
 from .testing import Case
 
 TIME_DTYPES = (None, "float32", "float64")  # None: the column's dtype
@@ -214,7 +224,7 @@ def _runge_kutta(diffrax: Any) -> list[tuple[str, Any, Any] | Skipped]:
         try:
             solver = _with_tolerances(cls())
         except Exception as error:
-            found.append(Skipped(f"diffrax.{name}", f"cannot be built: {_first_line(error)}"))
+            found.append(Skipped(f"diffrax.{name}", f"cannot be built: {first_line(error)}"))
             continue
         terms = _terms(diffrax, solver)
         if terms is None:
@@ -238,35 +248,28 @@ def diffrax_target() -> list[Item]:
     times in the column's dtype, in float32 and in float64."""
     import diffrax
 
-    items: list[Item] = []
-    for found in _runge_kutta(diffrax):
-        if isinstance(found, Skipped):
-            items.append(found)
-            continue
-        name, solver, terms = found
-        items += [_probe(_solver_case(diffrax, name, solver, terms, t)) for t in TIME_DTYPES]
-    for found_controller in _controllers(diffrax):
-        if isinstance(found_controller, Skipped):
-            items.append(found_controller)
-            continue
-        name, controller = found_controller
-        for t in TIME_DTYPES:
-            item = _probe(_controller_case(diffrax, name, controller, t))
-            if isinstance(item, Skipped):  # perhaps it fixes the steps itself: no dt0
-                fixed = _probe(_controller_case(diffrax, name, controller, t, fixed_steps=True))
-                item = item if isinstance(fixed, Skipped) else fixed
-            items.append(item)
-    return items
+    def solver_rows(name: str, solver: Any, terms: Any) -> list[Item]:
+        return [_runs([_solver_case(diffrax, name, solver, terms, t)]) for t in TIME_DTYPES]
+
+    def controller_rows(name: str, controller: Any) -> list[Item]:
+        # A controller that fixes the steps itself takes no dt0.
+        return [
+            _runs(
+                [_controller_case(diffrax, name, controller, t, fixed) for fixed in (False, True)]
+            )
+            for t in TIME_DTYPES
+        ]
+
+    return rows_of(_runge_kutta(diffrax), solver_rows) + rows_of(
+        _controllers(diffrax), controller_rows
+    )
 
 
-def _probe(subject: Subject) -> Item:
-    """The subject, or `Skipped` when its run raises (other than drifting)."""
-    dtype = "float64" if subject.name.endswith("(t float64)") else "float32"
-    failure = probe(subject.case, dtype)
-    if failure is None:
-        return subject
-    return Skipped(
-        subject.name,
-        f"its step fails on the audit's problem ({_first_line(failure)}); audit it "
-        "with your own Case (module:attribute target)",
+def _runs(cases: Iterable[Subject]) -> Item:
+    """The first case whose step runs, at its time dtype; else a row saying it fails."""
+    cases = list(cases)
+    dtype = "float64" if cases[0].name.endswith("(t float64)") else "float32"
+    subject = first_that_runs(cases, dtype)
+    return (
+        fails_on_problem(cases[0].name, subject) if isinstance(subject, BaseException) else subject
     )

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._audit import InitCheck, Item, Skipped, Subject, _first_line, probe
+from ._audit import InitCheck, Item, Skipped, Subject, first_line, first_that_runs
 from .testing import Case
 
 # A small params pytree: a matrix, a vector and a scalar.
@@ -343,34 +343,24 @@ def _items(module: Any, prefix: str, grads_dtype: str | None) -> list[Item]:
                 continue
             if not isinstance(tx, optax.GradientTransformation):
                 continue  # not a transformation after all
-            subject, failure = None, None
             extra = _extra_arguments(tx, optax)
             # An update taking **extra_args may need `obj_fn` (Sophia's Hessian estimate).
             extras = [extra, (*extra, "obj_fn")] if extra == _EXTRA_ARGUMENTS else [extra]
-            attempts = [(p, note, e) for p, note in _params_for(display, optax) for e in extras]
-            for make_params, note, extra in attempts:
-                candidate = _optax_case(
-                    tx,
-                    display,
-                    optax,
-                    grads_dtype,
-                    make_params,
-                    _follows_params(constructor.fn),
-                    extra,
+            follows = _follows_params(constructor.fn)
+            subject = first_that_runs(
+                dataclasses.replace(
+                    _optax_case(tx, display, optax, grads_dtype, make_params, follows, names),
+                    warnings=(note,) if note else (),
                 )
-                error = probe(candidate.case)
-                if error is not None:
-                    failure = failure or error
-                    continue
-                subject = dataclasses.replace(candidate, warnings=(note,) if note else ())
-                break
+                for make_params, note in _params_for(display, optax)
+                for names in extras
+            )
         noted = tuple(
             f"{w.category.__name__} while building it: {str(w.message).splitlines()[0]}"
             for w in caught
         )
-        if subject is None:
-            assert failure is not None
-            items.append(Skipped(display, _unusable(failure)))
+        if isinstance(subject, BaseException):
+            items.append(Skipped(display, _unusable(subject)))
         else:
             items.append(dataclasses.replace(subject, warnings=subject.warnings + noted))
     return items
@@ -378,7 +368,7 @@ def _items(module: Any, prefix: str, grads_dtype: str | None) -> list[Item]:
 
 def _unbuildable(error: Exception) -> str:
     return (
-        f"cannot be built without arguments the audit cannot guess ({_first_line(error)}); "
+        f"cannot be built without arguments the audit cannot guess ({first_line(error)}); "
         "audit it with your own Case (module:attribute target)"
     )
 
@@ -386,7 +376,7 @@ def _unbuildable(error: Exception) -> str:
 def _unusable(error: BaseException) -> str:
     return (
         "its update fails on the audit's params (a 4x3 matrix, a 3-vector, a scalar) "
-        f"with {_first_line(error)}; audit it on params it accepts with your own Case "
+        f"with {first_line(error)}; audit it on params it accepts with your own Case "
         "(module:attribute target)"
     )
 

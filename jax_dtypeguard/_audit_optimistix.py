@@ -20,7 +20,15 @@ import jax
 import jax.numpy as jnp
 
 from ._audit import INSTALL_HINT as INSTALL
-from ._audit import InitCheck, Item, Skipped, Subject, _first_line, probe
+from ._audit import (
+    InitCheck,
+    Item,
+    Skipped,
+    Subject,
+    fails_on_problem,
+    first_that_runs,
+    rows_of,
+)
 from .testing import Case
 
 # The kinds of solver, each with its problems (tried in order: vector, then scalar).
@@ -188,31 +196,8 @@ def optimistix_target() -> list[Item]:
     L-BFGS), with `(y, state)` as the state, on a small problem of its kind."""
     import optimistix as optx
 
-    items: list[Item] = []
-    for found in _solvers(optx):
-        if isinstance(found, Skipped):
-            items.append(found)
-            continue
-        row, kind, solver = found
-        failure: BaseException | None = None
-        subject = None
-        for problem in PROBLEMS[kind]:
-            candidate = _case(row, solver, problem)
-            error = probe(candidate.case)
-            if error is not None:
-                failure = failure or error
-                continue
-            subject = candidate
-            break
-        if subject is None:
-            assert failure is not None
-            items.append(
-                Skipped(
-                    row,
-                    f"its step fails on the audit's problems ({_first_line(failure)}); "
-                    "audit it with your own Case (module:attribute target)",
-                )
-            )
-        else:
-            items.append(subject)
-    return items
+    def solver_rows(row: str, kind: str, solver: Any) -> list[Item]:
+        subject = first_that_runs(_case(row, solver, problem) for problem in PROBLEMS[kind])
+        return [fails_on_problem(row, subject) if isinstance(subject, BaseException) else subject]
+
+    return rows_of(_solvers(optx), solver_rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypedDict, TypeVar, Unpack, overload
 
 from . import _config
 from ._config import Mode
@@ -56,32 +56,23 @@ def _validate(
             )
 
 
-@overload
-def state_dtype_invariant(
-    fn: F,
-    /,
-    *,
-    state: StateSpec = None,
-    out: OutSpec = None,
-    mode: Mode | None = None,
-    weak_type: bool = True,
-    annotations: bool = True,
-    inplace: InplaceSpec = False,
-) -> F: ...
+class _Options(TypedDict, total=False):
+    """`state_dtype_invariant`'s keyword arguments, for its two typed forms."""
+
+    state: StateSpec
+    out: OutSpec
+    mode: Mode | None
+    weak_type: bool
+    annotations: bool
+    inplace: InplaceSpec
 
 
 @overload
-def state_dtype_invariant(
-    fn: None = None,
-    /,
-    *,
-    state: StateSpec = None,
-    out: OutSpec = None,
-    mode: Mode | None = None,
-    weak_type: bool = True,
-    annotations: bool = True,
-    inplace: InplaceSpec = False,
-) -> Callable[[F], F]: ...
+def state_dtype_invariant(fn: F, /, **options: Unpack[_Options]) -> F: ...
+
+
+@overload
+def state_dtype_invariant(fn: None = None, /, **options: Unpack[_Options]) -> Callable[[F], F]: ...
 
 
 def state_dtype_invariant(

@@ -56,7 +56,8 @@ def explain(
     if not any(m.kind in _KINDS for m in mismatches):
         return mismatches
     try:
-        return _explain(fn, parameter, out, args, kwargs, mismatches)
+        traced = _Traced.of(fn, parameter, out, tuple(args), dict(kwargs))
+        return mismatches if traced is None else _origins(traced, parameter.name, mismatches)
     except OutOfTime:
         return mismatches
     except Exception as error:  # a missing origin must never hide the report itself
@@ -70,28 +71,17 @@ def explain(
         return mismatches
 
 
-def _explain(
-    fn: Callable[..., Any],
-    parameter: StateParameter,
-    out: int | None,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    mismatches: list[Mismatch],
-) -> list[Mismatch]:
-    traced = _Traced.of(fn, parameter, out, tuple(args), dict(kwargs))
-    if traced is None:
-        return mismatches
-    wanted = [m for m in mismatches if m.kind in _KINDS and m.path.startswith(parameter.name)]
-    paths = {m.path[len(parameter.name) :] for m in wanted}
+def _origins(traced: _Traced, root: str, mismatches: list[Mismatch]) -> list[Mismatch]:
+    """`mismatches`, each dtype or weak_type drift of the state `root` with its origin."""
+    wanted = [m for m in mismatches if m.kind in _KINDS and m.path.startswith(root)]
+    paths = {m.path[len(root) :] for m in wanted}
     # Lineage bits only for the drifting leaves: one bit per state leaf would make
     # every mask as wide as the state, quadratic memory on wide states.
     lineage = {p: i for p, i in traced.state_invars.items() if p in paths}
     walker = _Search(traced.jaxpr.jaxpr, lineage, _TIME_LIMIT)
     explained = []
     for m in mismatches:
-        origin = None
-        if m in wanted:
-            origin = traced.origin(walker, m.path[len(parameter.name) :], m.kind)
+        origin = traced.origin(walker, m.path[len(root) :], m.kind) if m in wanted else None
         explained.append(m if origin is None else dataclasses.replace(m, origin=origin))
     return explained
 

@@ -210,10 +210,13 @@ class Guard:
                     except NotALeafError:
                         keys = None
                 if keys is not None and self.annotations is None:
-                    if tree_in == tree_out and keys[0] == keys[1]:
+                    same_tree = tree_out is tree_in or tree_in == tree_out
+                    if same_tree and keys[0] == keys[1]:
                         return result
                     try:
-                        cached = self.verdicts.get((0, tree_in, tree_out, keys, weak_type))
+                        cached = self.verdicts.get(
+                            (0, tree_in, None if same_tree else tree_out, keys, weak_type)
+                        )
                     except TypeError:  # unhashable static data in a tree structure
                         cached = None
                     if cached is not None and not cached.mismatches:
@@ -342,9 +345,11 @@ class Guard:
         weak_type: bool,
     ) -> Verdict:
         """The verdict for a state whose output is flattened and keyed: cached when eager."""
-        if keys is not None and before.treedef == tree_out and keys[0] == keys[1]:
+        same_tree = tree_out is before.treedef or tree_out == before.treedef
+        if keys is not None and same_tree and keys[0] == keys[1]:
             return OK
-        cache_key = (number, before.treedef, tree_out, keys, weak_type)
+        # The output's tree structure is in the key only where it is another.
+        cache_key = (number, before.treedef, None if same_tree else tree_out, keys, weak_type)
         if keys is not None:
             try:
                 return self.verdicts[cache_key]

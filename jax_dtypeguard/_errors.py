@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -241,11 +242,16 @@ def format_report(
 
 def short_path(path: str) -> str:
     """A source path as a reader wants it: package-relative or cwd-relative."""
+    return _short_path(path, os.getcwd())
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_path(path: str, cwd: str) -> str:
     marker = "site-packages" + os.sep
     if marker in path:
         return path.split(marker, 1)[1]
     try:
-        relative = os.path.relpath(path)
+        relative = os.path.relpath(path, cwd)
     except ValueError:
         return path
     return path if relative.startswith("..") else relative

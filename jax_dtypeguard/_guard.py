@@ -8,6 +8,7 @@ what the user (or JAX) calls.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sys
 import warnings
@@ -311,7 +312,12 @@ class Guard:
 
     @property
     def name(self) -> str:
-        return self.title[0] if self.title else describe_location(self.fn)[0]
+        return self.described[0]
+
+    @functools.cached_property
+    def described(self) -> tuple[str, str]:
+        """`(name, "file:line")` that reports give the function."""
+        return self.title or describe_location(self.fn)
 
     def _verdict(
         self,
@@ -371,7 +377,7 @@ class Guard:
 
         leaves, treedef = _tree.tree_flatten((args, kwargs))
         key = None
-        if not any(isinstance(leaf, Tracer) for leaf in leaves):
+        if not any(map(isinstance, leaves, itertools.repeat(Tracer))):  # an eager call
             try:
                 key = (tuple(mismatches), treedef, leaf_keys(leaves))
                 return self.explained[key]
@@ -402,7 +408,7 @@ class Guard:
     ) -> None:
         __tracebackhide__ = True
         mismatches = self._explain(mismatches, args, kwargs)
-        location = self.title[1] if self.title else describe_location(self.fn)[1]
+        location = self.described[1]
         strict = self.strict(mode)
         message = format_report(self.name, location, self.plan.names, mismatches, mode, strict)
         if self.notes is not None:

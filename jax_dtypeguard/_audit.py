@@ -443,7 +443,12 @@ def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
     fallback = ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
     states = tuple(StateParameter.at(case.fn, p, f) for p, f in zip(positions, fallback))
     guard = Guard(
-        case.fn, CallPlan(states, outs), mode="cast", weak_type=weak_type, annotations=False
+        case.fn,
+        CallPlan(states, outs),
+        mode="cast",
+        weak_type=weak_type,
+        annotations=False,
+        traced=case.traced,
     )
     return dataclasses.replace(case, fn=guarded_callable(guard))._run(dtype, weak_type=weak_type)
 
@@ -530,7 +535,12 @@ def _run_into(
             if result.compiles > 1:
                 result.status = "drift"
                 notes.insert(0, f"compiled {result.compiles} times in {JIT_STEPS} jitted steps")
-    if cast and any(m.kind in CASTABLE_KINDS for m in mismatches) and not result.reason:
+    if cast and any(m.kind in CASTABLE_KINDS for m in mismatches) and result.reason:
+        notes.append(
+            "cast mode not tried: the drift is inside the library's own loop, out of a step "
+            'guard\'s reach; dg.guard_loops(mode="check") names it in your program'
+        )
+    elif cast and any(m.kind in CASTABLE_KINDS for m in mismatches):
         try:
             result.cast_left = _cast_left(case, dtype, weak_type)
         except CaseError as error:

@@ -263,10 +263,11 @@ def compare_partitioned(
 
     The traced halves are compared leaf by leaf; the other leaves (Python
     scalars included, which `compare_states` compares by type) by value, as
-    Optimistix's `eqx.tree_equal` does. Only the traced half can be cast.
+    Optimistix's `eqx.tree_equal` does. Only traced leaves are cast: the
+    verdict's indices are among the leaves of the whole of `state_out`.
     """
-    dynamic_in, static_in = _partition(state_in, traced)
-    dynamic_out, static_out = _partition(state_out, traced)
+    dynamic_in, static_in, _ = _partition(state_in, traced)
+    dynamic_out, static_out, positions = _partition(state_out, traced)
     verdict = compare_states(dynamic_in, dynamic_out, root, weak_type)
     values = dict(static_out)
     changed = tuple(
@@ -274,15 +275,20 @@ def compare_partitioned(
         for path, old in static_in
         if path in values and not static_equal(old, values[path])
     )
-    if not changed:
-        return verdict
-    return Verdict(verdict.mismatches + changed, (), verdict.uncastable + changed)
+    if changed:
+        return Verdict(verdict.mismatches + changed, (), verdict.uncastable + changed)
+    castable = tuple((positions[index], target) for index, target in verdict.castable)
+    return dataclasses.replace(verdict, castable=castable)
 
 
-def _partition(tree: Any, traced: Callable[[Any], bool]) -> tuple[Any, list[tuple[str, Any]]]:
-    """(`tree` with its untraced leaves as None, the untraced leaves by keypath)."""
+def _partition(
+    tree: Any, traced: Callable[[Any], bool]
+) -> tuple[Any, list[tuple[str, Any]], list[int]]:
+    """(`tree` with its untraced leaves as None, the untraced leaves by keypath, the
+    positions of the traced leaves among all of `tree`'s)."""
     entries, treedef = _tree.tree_flatten_with_path(tree)
     flags = [not is_static(leaf) and bool(traced(leaf)) for _, leaf in entries]
     dynamic = [leaf if flag else None for (_, leaf), flag in zip(entries, flags)]
     static = [(_tree.keystr(path), leaf) for (path, leaf), flag in zip(entries, flags) if not flag]
-    return _tree.tree_unflatten(treedef, dynamic), static
+    positions = [index for index, flag in enumerate(flags) if flag]
+    return _tree.tree_unflatten(treedef, dynamic), static, positions

@@ -105,6 +105,28 @@ def test_best_so_far_builds_its_loss_weak_in_init(optimistix):
     }
 
 
+@pytest.mark.parametrize(
+    ("name", "column"),
+    [
+        ("optimistix.BestSoFarMinimiser(BFGS)", "float16"),
+        ("optimistix.FixedPointIteration", "float32"),
+        ("optimistix.OptaxMinimiser(lbfgs)", "bfloat16"),
+    ],
+)
+def test_cast_repairs_optimistix_steps_split_as_equinox_splits_them(optimistix, name, column):
+    result = _audit.run_case(optimistix[1][name], column, cast=True)
+    assert result.status == "drift" and result.mismatches
+    assert result.cast_left == [], result.reason
+    assert "cast mode repairs every drift" in result.reason
+
+
+def test_cast_says_it_cannot_reach_drift_inside_a_librarys_own_loop(optimistix):
+    result = _audit.run_case(optimistix[1]["optimistix.LBFGS"], "float16", cast=True)
+    assert result.status == "drift" and "JAX rejected the scan carry" in result.reason
+    assert result.cast_left is None
+    assert "cast mode not tried: the drift is inside the library's own loop" in result.reason
+
+
 def test_optimistix_paths_start_with_each_parameters_name(optimistix):
     result = run(optimistix[1]["optimistix.FixedPointIteration"], "float16")
     assert result.status == "drift"

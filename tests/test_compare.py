@@ -166,3 +166,34 @@ def test_shape_dtype_struct_leaves():
     a = jax.ShapeDtypeStruct((2,), jnp.float32)
     b = jax.ShapeDtypeStruct((2,), jnp.float16)
     assert kinds(compare_states(a, b, "s")) == [("s", "dtype")]
+
+
+def _is_array(leaf):
+    return isinstance(leaf, jax.Array)
+
+
+def test_partitioned_states_cast_only_traced_leaves_at_their_place_in_the_whole_tree():
+    from jax_dtypeguard._cast import cast_back
+    from jax_dtypeguard._compare import compare_partitioned
+
+    before = {"a_count": 3, "b": jnp.ones(2, jnp.float16), "c_name": "adam"}
+    after = {"a_count": 3, "b": jnp.ones(2, jnp.float32), "c_name": "adam"}
+    verdict = compare_partitioned(before, after, "state", True, _is_array)
+    assert [(m.path, m.kind) for m in verdict.mismatches] == [("state['b']", "dtype")]
+    assert [index for index, _ in verdict.castable] == [1]  # "a_count" is leaf 0 of the whole
+    assert cast_back(after, verdict.castable)["b"].dtype == jnp.float16
+
+
+def test_partitioned_states_compare_untraced_leaves_by_value_and_cast_nothing_then():
+    from jax_dtypeguard._compare import compare_partitioned
+
+    before = {"count": 3, "x": jnp.ones(2, jnp.float16)}
+    after = {"count": 4, "x": jnp.ones(2, jnp.float32)}
+    verdict = compare_partitioned(before, after, "state", True, _is_array)
+    assert {(m.path, m.kind) for m in verdict.mismatches} == {
+        ("state['count']", "structure"),
+        ("state['x']", "dtype"),
+    }
+    assert verdict.castable == ()
+    assert [m.path for m in verdict.uncastable] == ["state['count']"]
+    assert compare_states(before, after, "state").mismatches[0].path == "state['x']"  # by type

@@ -375,6 +375,26 @@ def test_optax_value_and_grad_from_state_under_x64_names_optax_and_cast_runs():
     np.testing.assert_allclose(np.asarray(params, np.float32), 1.0, atol=1e-2)
 
 
+def test_optimistix_lbfgs_float16_names_its_own_scan_body_and_the_lineax_line():
+    optx = pytest.importorskip("optimistix")
+
+    def run():
+        solver = optx.LBFGS(rtol=1e-3, atol=1e-3)
+        return optx.minimise(
+            lambda y, _: jnp.sum((y - 1.0) ** 2), solver, jnp.zeros(3, jnp.float16)
+        )
+
+    with pytest.raises(TypeError, match="descent_direction has type float16"):
+        run()  # JAX's own error: the scan inside Optimistix, not where the float32 began
+    with dg.guard_loops(), pytest.raises(dg.StateDtypeError) as caught:
+        run()
+    message = str(caught.value)
+    assert "backward_iter (optimistix/_solver/limited_memory_bfgs.py:" in message
+    assert "descent_direction: float16[3] -> float32[3]" in message
+    assert "(first at dot_general, lineax/_norm.py:" in message
+    assert "In jax.lax.scan, reached from " in message and "test_guard_loops.py:" in message
+
+
 # --- the environment variable, for a whole program ----------------------------------------
 
 PROGRAM = textwrap.dedent(

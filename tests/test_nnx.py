@@ -108,6 +108,34 @@ def test_check_mode_jaxpr_is_the_undecorated_steps():
     assert functional(guarded) == functional(train_step)
 
 
+def test_a_module_that_is_no_pytree_is_guarded_through_its_nnx_state():
+    # Before Flax 0.11 no module was a pytree; `pytree=False` still builds one.
+    try:
+
+        class Scale(nnx.Module, pytree=False):
+            def __init__(self):
+                self.w = nnx.Param(jnp.ones(3, jnp.bfloat16))
+
+    except TypeError:
+        pytest.skip("this Flax has no pytree=False modules")
+    assert jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(Scale()))
+
+    def step(model, grad):
+        model.w.set_value(model.w.get_value() + grad)
+
+    grad = jnp.ones(3, jnp.float32)
+    with pytest.raises(
+        StateDtypeError, match=r"model\['w'\]\.value: bfloat16\[3\] -> float32\[3\]"
+    ):
+        state_dtype_invariant(step, inplace=True)(Scale(), grad)
+    cast_step = state_dtype_invariant(step, inplace=True, mode="cast")
+    eager, jitted = Scale(), Scale()
+    cast_step(eager, grad)
+    nnx.jit(cast_step)(jitted, grad)
+    assert eager.w.get_value().dtype == jitted.w.get_value().dtype == jnp.bfloat16
+    assert float(eager.w.get_value()[0]) == 2.0
+
+
 def test_invariant_as_the_nnx_optimizers_transformation():
     model, optimizer, batch = make(tx=invariant(optax.adamw(1e-3)))
     step = nnx.jit(train_step)

@@ -58,6 +58,10 @@ class NotALeafError(TypeError):
     """Internal: a state leaf that JAX cannot type (a string, an object)."""
 
 
+# The signatures of the avals seen lately (JAX shares one aval among arrays of one type).
+_BY_AVAL: dict[Any, LeafSignature] = {}
+
+
 class LeafSignature(NamedTuple):
     """The type of one state leaf, as JAX sees it.
 
@@ -91,7 +95,8 @@ class LeafSignature(NamedTuple):
             aval = leaf.aval
         elif isinstance(leaf, jax.Array):
             # `Array.aval` can lack the mesh (a 0-d array placed with P()); typeof has it.
-            aval = get_aval(leaf)
+            named = isinstance(leaf.sharding, jax.sharding.NamedSharding)
+            aval = get_aval(leaf) if named else leaf.aval
         elif isinstance(leaf, (np.ndarray, np.generic)):
             try:
                 aval = get_aval(leaf)
@@ -101,7 +106,15 @@ class LeafSignature(NamedTuple):
                 ) from error
         else:
             raise NotALeafError(f"a {type(leaf).__module__}.{type(leaf).__qualname__}")
-        return cls(tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval))
+        try:
+            return _BY_AVAL[aval]
+        except (KeyError, TypeError):  # not seen yet, or unhashable
+            pass
+        signature = cls(
+            tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval)
+        )
+        remember(_BY_AVAL, aval, signature)
+        return signature
 
     def __str__(self) -> str:
         dtype = "float0" if self.dtype == jax.dtypes.float0 else self.dtype

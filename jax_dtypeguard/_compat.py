@@ -102,7 +102,7 @@ def flatten_like(treedef: Any, tree: Any) -> list[Any] | None:
         return None
     try:
         return treedef.flatten_up_to(tree)
-    except ValueError:
+    except Exception:  # node data whose `==` fails: the full flatten says how, as JAX does
         return None
 
 

@@ -123,6 +123,37 @@ def test_a_flatten_that_raises_passes_through_unchanged():
         state_dtype_invariant(lambda state: {"x": Exploding()})({"x": Exploding(fuse=1)})
 
 
+class _Touchy:
+    """Node data whose `==` raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no comparing me")
+
+    def __hash__(self) -> int:
+        return 0
+
+
+@jax.tree_util.register_pytree_node_class
+class _WithData:
+    def __init__(self, x, data):
+        self.x, self.data = x, data
+
+    def tree_flatten(self):
+        return (self.x,), self.data
+
+    @classmethod
+    def tree_unflatten(cls, data, children):
+        return cls(children[0], data)
+
+
+@pytest.mark.parametrize("make", [_Touchy, lambda: np.arange(3)], ids=["raising ==", "numpy"])
+def test_node_data_that_cannot_be_compared_gets_jaxs_own_error(make):
+    # As `jax.jit` would: JAX's message says to make node data hashable and comparable.
+    step = state_dtype_invariant(lambda state: _WithData(state.x + 1, make()))
+    with pytest.raises(ValueError, match="equality of metadata fields"):
+        step(_WithData(jnp.ones(2), make()))
+
+
 # --- NumPy, big ints, ShapeDtypeStruct ----------------------------------------------------
 
 

@@ -299,6 +299,16 @@ class _Found:
     replaced: bool = False  # the output leaf does not depend on the input leaf
 
 
+@dataclasses.dataclass(frozen=True)
+class _Walk:
+    """One backward walk: what departs from the input leaf's type, the leaf's lineage
+    bit (0: none), and what to look at next (the last pushed first)."""
+
+    departs: Callable[[Any], bool]
+    bit: int
+    stack: list[Any]
+
+
 class _Search(Lineage):
     """Backward walks from drifting outputs to where they left the input leaf's type."""
 
@@ -315,6 +325,7 @@ class _Search(Lineage):
         """The equation that introduced the departure of `atom` (depth first, lineage first)."""
         bit = self.bits.get(invar, 0) if invar is not None else 0
         stack: list[Any] = [(frame, atom, consumer)]
+        walk = _Walk(departs, bit, stack)
         seen: set[tuple[int, Any]] = set()
         while stack:
             item = stack.pop()
@@ -340,28 +351,18 @@ class _Search(Lineage):
                 continue
             produced = frame.producer.get(atom)
             if produced is not None:
-                self.expand(frame, *produced, atom, consumer, departs, bit, stack)
+                self.expand(walk, frame, *produced, atom, consumer)
         return None
 
-    def expand(
-        self,
-        frame: Frame,
-        eqn: Any,
-        k: int,
-        atom: Any,
-        consumer: Any,
-        departs: Callable[[Any], bool],
-        bit: int,
-        stack: list[Any],
-    ) -> None:
+    def expand(self, walk: _Walk, frame: Frame, eqn: Any, k: int, atom: Any, consumer: Any) -> None:
         """Pushes what to look at next for output `k` of `eqn` (last pushed is looked at first)."""
         name = eqn.primitive.name
         if name == "cond":
             for jaxpr in reversed(cond_branches(eqn)):
                 inner = jaxpr.outvars[k]
-                if departs(inner.aval):
+                if walk.departs(inner.aval):
                     sub = self.frame(frame, eqn, jaxpr, eqn.invars[1:], frozenset())
-                    stack.append((sub, inner, consumer))
+                    walk.stack.append((sub, inner, consumer))
             return
         if name in ("while", "scan"):
             layout = loop_layout(eqn)
@@ -369,46 +370,40 @@ class _Search(Lineage):
             consts, carries = layout.consts, layout.carries
             blocked = frozenset()
             inner = body.outvars[k]
-            walk_body = departs(inner.aval)
+            walk_body = walk.departs(inner.aval)
             if k < carries:
                 # The carry came in drifted, unless the body changed it (only a weak type
                 # can change around a loop): then the drift is in the body.
-                stack.append((frame, inputs[consts + k], consumer))
+                walk.stack.append((frame, inputs[consts + k], consumer))
                 blocked = frozenset(range(consts, consts + carries))
-                walk_body = walk_body and not departs(body.invars[consts + k].aval)
+                walk_body = walk_body and not walk.departs(body.invars[consts + k].aval)
             if walk_body:
-                stack.append((self.frame(frame, eqn, body, inputs, blocked), inner, consumer))
+                walk.stack.append((self.frame(frame, eqn, body, inputs, blocked), inner, consumer))
             return
         sub = call_jaxpr(eqn)
         if sub is not None:
             inner = sub.outvars[k]
-            stack.append((self.frame(frame, eqn, sub, eqn.invars, frozenset()), inner, consumer))
+            walk.stack.append(
+                (self.frame(frame, eqn, sub, eqn.invars, frozenset()), inner, consumer)
+            )
             return
-        self.expand_plain(frame, eqn, atom, departs, bit, stack)
+        self.expand_plain(walk, frame, eqn, atom)
 
-    def expand_plain(
-        self,
-        frame: Frame,
-        eqn: Any,
-        atom: Any,
-        departs: Callable[[Any], bool],
-        bit: int,
-        stack: list[Any],
-    ) -> None:
+    def expand_plain(self, walk: _Walk, frame: Frame, eqn: Any, atom: Any) -> None:
         out_dtype = atom.aval.dtype
         conversion = eqn.primitive.name == "convert_element_type"
         candidates: list[Any] = []
         for x in eqn.invars:
             aval = getattr(x, "aval", None)
             dtype = getattr(aval, "dtype", None)
-            if dtype is None or not departs(aval):
+            if dtype is None or not walk.departs(aval):
                 continue
             if (category(dtype) != category(out_dtype)) if conversion else dtype != out_dtype:
                 continue
             if not candidates or all(x is not c for c in candidates):
                 candidates.append(x)
         if not candidates:
-            stack.append(_Found(eqn, frame))
+            walk.stack.append(_Found(eqn, frame))
             return
         if len(candidates) > 1:
             # A weak operand does not decide a promotion; values before constants (a value
@@ -426,24 +421,24 @@ class _Search(Lineage):
             ]
         else:
             promoted = []
-        if bit and not frame.mask(atom) & bit:
+        if walk.bit and not frame.mask(atom) & walk.bit:
             # The input leaf does not reach this value: the function replaced the leaf, and
             # this is the equation that wrote the value returned in its place.
-            stack.append(_Found(eqn, frame, blame=(frame, *candidates), replaced=True))
+            walk.stack.append(_Found(eqn, frame, blame=(frame, *candidates), replaced=True))
             return
-        if bit:
-            others = tuple(x for x in candidates if not frame.mask(x) & bit)
-            stack.append(_Found(eqn, frame, blame=(frame, *others) if others else ()))
+        if walk.bit:
+            others = tuple(x for x in candidates if not frame.mask(x) & walk.bit)
+            walk.stack.append(_Found(eqn, frame, blame=(frame, *others) if others else ()))
             for x in reversed(candidates):
-                if frame.mask(x) & bit and all(x is not p for p in promoted):
-                    stack.append((frame, x, (eqn, frame)))
+                if frame.mask(x) & walk.bit and all(x is not p for p in promoted):
+                    walk.stack.append((frame, x, (eqn, frame)))
             return
         followed = [x for x in candidates if all(x is not p for p in promoted)]
         if not followed:
-            stack.append(_Found(eqn, frame, blame=(frame, *candidates)))
+            walk.stack.append(_Found(eqn, frame, blame=(frame, *candidates)))
             return
         for x in reversed(followed):
-            stack.append((frame, x, (eqn, frame)))
+            walk.stack.append((frame, x, (eqn, frame)))
 
     @staticmethod
     def constant(frame: Frame, atom: Any) -> bool:
@@ -509,8 +504,8 @@ class _Search(Lineage):
 
     def inner(self, frame: Frame, eqn: Any, k: int) -> list[tuple[Frame, Any]] | None:
         """Where output `k` of a call, branch or loop equation comes from; None for others."""
-        stack: list[Any] = []
-        self.expand(frame, eqn, k, eqn.outvars[k], None, lambda aval: True, 0, stack)
+        walk = _Walk(lambda aval: True, 0, [])
+        self.expand(walk, frame, eqn, k, eqn.outvars[k], None)
         if eqn.primitive.name not in ("cond", "while", "scan") and call_jaxpr(eqn) is None:
             return None
-        return [(item[0], item[1]) for item in stack if isinstance(item, tuple)]
+        return [(item[0], item[1]) for item in walk.stack if isinstance(item, tuple)]

@@ -27,9 +27,9 @@ from ._audit_loops import loop_mismatches
 from ._compat import enable_x64
 from ._errors import CASTABLE_KINDS, Mismatch, Origin
 from ._guard import Guard, guarded_callable
-from ._plan import CallPlan, StateParameter, describe_location
+from ._plan import describe_location
 from ._signature import needs_x64
-from .testing import X64_SUFFIX, Case, CaseError, _split_static
+from .testing import X64_SUFFIX, Case, CaseError, _split_static, _state_plan
 
 ENTRY_POINT_GROUP = "jax_dtypeguard.audit_targets"
 # The built-in targets, as their entry points read in setup.cfg. They are also used
@@ -436,15 +436,9 @@ def _jit_compiles(case: Case, dtype: str) -> int:
 
 def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
     """What remains after cast mode, for a case with dtype/weak_type drift."""
-    positions = case.state_arg if isinstance(case.state_arg, tuple) else (case.state_arg,)
-    outs = case.out if isinstance(case.out, tuple) else (case.out,)
-    if len(positions) > 1 and case.out is None:
-        outs = tuple(range(len(positions)))
-    fallback = ["state"] if len(positions) == 1 else [f"state{i}" for i in range(len(positions))]
-    states = tuple(StateParameter.at(case.fn, p, f) for p, f in zip(positions, fallback))
     guard = Guard(
         case.fn,
-        CallPlan(states, outs),
+        _state_plan(case.fn, case.state_arg, case.out),
         mode="cast",
         weak_type=weak_type,
         annotations=False,

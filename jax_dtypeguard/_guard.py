@@ -75,7 +75,9 @@ def _returning(fn: Callable[..., Any], parameter: StateParameter) -> Callable[..
     return call
 
 
-def _array_keys_alike(leaves_in: list[Any], tree_in: Any, state_out: Any) -> Any:
+def _array_keys_alike(
+    leaves_in: list[Any], tree_in: Any, state_out: Any
+) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
     """`(input keys, output keys)` where both states hold only arrays (or tracers) in one
     tree structure, `tree_in`; else None. Cheaper than flattening the output."""
     keys_in = array_keys(leaves_in)

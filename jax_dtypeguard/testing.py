@@ -101,6 +101,17 @@ def _outs(out: Any, count: int, what: str) -> Any:
     return out
 
 
+def _state_plan(fn: Callable[..., Any], state_arg: Any, out: Any) -> CallPlan:
+    """The call plan of a state at `state_arg` of `fn`'s arguments (a tuple of positions:
+    a state in parts, named `state0`, `state1`, ...), found at `out` in its return value."""
+    positions = _positions(state_arg, "")
+    several = isinstance(state_arg, tuple)
+    outs = _outs(out, len(positions) if several else 1, "")
+    names = [f"state{i}" for i in range(len(positions))] if several else ["state"]
+    states = tuple(StateParameter.at(fn, p, name) for p, name in zip(positions, names))
+    return CallPlan(states, outs if several else (outs,))
+
+
 def _insert_parts(args: Sequence[Any], positions: Any, parts: Sequence[Any]) -> list[Any]:
     """`args` with each part of the state inserted at its position in the full call."""
     total = len(args) + len(positions)
@@ -196,17 +207,8 @@ def assert_state_dtype_invariant(
             )
     _validate("check", weak_type, True, None, None)
     call_args = _insert_parts(args, positions, parts)
-    outs: tuple[Any, ...] = out if isinstance(out, tuple) else (out,)
-    fallback = ["state"] if not several else [f"state{i}" for i in range(len(positions))]
-    states = tuple(StateParameter.at(fn, p, f) for p, f in zip(positions, fallback))
-    guard = Guard(
-        fn,
-        CallPlan(states, outs),
-        mode="check",
-        weak_type=weak_type,
-        follows_config=False,
-        traced=traced,
-    )
+    plan = _state_plan(fn, state_arg, out)
+    guard = Guard(fn, plan, mode="check", weak_type=weak_type, follows_config=False, traced=traced)
     inputs, rebuild = _split_static((call_args, kwargs), traced)
 
     def run(values: list[Any]) -> Any:

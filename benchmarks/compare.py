@@ -39,43 +39,22 @@ def _get(*keys: str) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
+# Per eager state: (label, unit, keys below the state's figures).
+_EAGER = [
+    ("fast path (same types)", "us", ("fast_path", "overhead_us")),
+    ("fast path / 2 tree_flattens", "x", ("fast_path", "over_two_flattens")),
+    ("cached verdict", "us", ("cached_verdict", "overhead_us")),
+    ("cached verdict / 2 tree_flattens", "x", ("cached_verdict", "over_two_flattens")),
+    ("first call, same types", "us", ("first_call_same_types", "overhead_us")),
+    ("first call, new signature", "us", ("first_call_new_signature", "overhead_us")),
+    ("2 tree_flattens (JAX)", "us", ("two_flattens_us",)),
+]
 # (label, unit, extractor)
-FIGURES: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = []
-for _container in ("dict", "tuple"):
-    _state = ("overhead", "states", _container)
-    FIGURES += [
-        (
-            f"eager {_container}: fast path (same types)",
-            "us",
-            _get(*_state, "fast_path", "overhead_us"),
-        ),
-        (
-            f"eager {_container}: fast path / 2 tree_flattens",
-            "x",
-            _get(*_state, "fast_path", "over_two_flattens"),
-        ),
-        (
-            f"eager {_container}: cached verdict",
-            "us",
-            _get(*_state, "cached_verdict", "overhead_us"),
-        ),
-        (
-            f"eager {_container}: cached verdict / 2 tree_flattens",
-            "x",
-            _get(*_state, "cached_verdict", "over_two_flattens"),
-        ),
-        (
-            f"eager {_container}: first call, same types",
-            "us",
-            _get(*_state, "first_call_same_types", "overhead_us"),
-        ),
-        (
-            f"eager {_container}: first call, new signature",
-            "us",
-            _get(*_state, "first_call_new_signature", "overhead_us"),
-        ),
-        (f"eager {_container}: 2 tree_flattens (JAX)", "us", _get(*_state, "two_flattens_us")),
-    ]
+FIGURES: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [
+    (f"eager {container}: {label}", unit, _get("overhead", "states", container, *keys))
+    for container in ("dict", "tuple")
+    for label, unit, keys in _EAGER
+]
 FIGURES += [
     (
         "trace adam 1,000 params: decorated / undecorated",

@@ -350,26 +350,39 @@ def _eager_case(n: int, container: str) -> dict[str, Any]:
     }
 
 
-def _eager_one(n: int, container: str, repeats: int, calls: int) -> dict[str, Any]:
-    case = _eager_case(n, container)
-    state_in, state_out = case["state_in"], case["outputs"][0]
-    plain, guarded, jaxtyped = case["plain"], case["guarded"], case["jaxtyped"]
+def _warm_and_sample(
+    functions: dict[str, Callable[[], Any]], repeats: int, number: int
+) -> dict[str, list[float]]:
+    """Each function called once (caches warm), then timed in turns (`interleaved`)."""
+    for function in functions.values():
+        function()
+    return interleaved(functions, repeats, number)
+
+
+def _two_flattens(state_in: Any, state_out: Any) -> Callable[[], Any]:
+    """JAX's own `tree_flatten` of a step's input and output state: the floor a guard is
+    measured against."""
     flatten = jax.tree_util.tree_flatten
 
     def two_flattens() -> Any:
         flatten(state_in)
         return flatten(state_out)
 
+    return two_flattens
+
+
+def _eager_one(n: int, container: str, repeats: int, calls: int) -> dict[str, Any]:
+    case = _eager_case(n, container)
+    state_in, state_out = case["state_in"], case["outputs"][0]
+    plain, guarded, jaxtyped = case["plain"], case["guarded"], case["jaxtyped"]
     functions = {
         "plain": lambda: plain(state_in, 1.0),
         "guarded": lambda: guarded(state_in, 1.0),
         "jaxtyped": lambda: jaxtyped(state_in, 1.0),
-        "two_flattens": two_flattens,
+        "two_flattens": _two_flattens(state_in, state_out),
     }
-    for function in functions.values():
-        function()
     number = max(10, calls * 10 // n)
-    samples = interleaved(functions, repeats, number)
+    samples = _warm_and_sample(functions, repeats, number)
     best = {name: min(times) * 1e6 for name, times in samples.items()}
     ours = best["guarded"] - best["plain"]
     theirs = best["jaxtyped"] - best["plain"]
@@ -566,23 +579,15 @@ def _overhead_one(n: int, container: str, repeats: int, calls: int) -> dict[str,
 
     plain, guarded = case["plain"], case["guarded"]
     cached = state_dtype_invariant(plain_weak, weak_type=False, annotations=False)
-    flatten = jax.tree_util.tree_flatten
-
-    def two_flattens() -> Any:
-        flatten(state_in)
-        return flatten(same)
-
     functions = {
         "plain": lambda: plain(state_in, 1.0),
         "fast_path": lambda: guarded(state_in, 1.0),
         "plain_weak": plain_weak_call,
         "cached_verdict": lambda: cached(state_in, 1.0),
-        "two_flattens": two_flattens,
+        "two_flattens": _two_flattens(state_in, same),
     }
-    for function in functions.values():
-        function()
     number = max(10, calls * 10 // n)
-    samples = interleaved(functions, repeats, number)
+    samples = _warm_and_sample(functions, repeats, number)
     first_same = _first_calls(
         lambda: fresh_guard(plain), lambda: plain(state_in, 1.0), repeats, number
     )

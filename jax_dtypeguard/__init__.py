@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._errors import Origin as Origin
     from ._errors import StateDtypeError as StateDtypeError
     from ._errors import StateDtypeWarning as StateDtypeWarning
-    from ._loops import guard_loops as guard_loops
+    from ._loop_hook import guard_loops as guard_loops
 
 _EXPORTS = {
     "lax": ("lax", None),
@@ -32,7 +32,7 @@ _EXPORTS = {
     "mode": ("_config", "mode"),
     "strict": ("_config", "strict"),
     "state_dtype_invariant": ("_decorator", "state_dtype_invariant"),
-    "guard_loops": ("_loops", "guard_loops"),
+    "guard_loops": ("_loop_hook", "guard_loops"),
     "Mismatch": ("_errors", "Mismatch"),
     "Origin": ("_errors", "Origin"),
     "StateDtypeError": ("_errors", "StateDtypeError"),
@@ -57,7 +57,7 @@ __all__ = [
 
 # JAX_DTYPEGUARD_LOOPS=check|cast|warn guards the loops of the whole program.
 if _config.loops_default is not None:
-    from ._loops import install as _install_loop_hook
+    from ._loop_hook import install as _install_loop_hook
 
     _install_loop_hook()
 

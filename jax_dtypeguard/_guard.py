@@ -20,7 +20,7 @@ import jax
 
 from . import _annotations, _config
 from ._call_site import user_frame
-from ._carry import Rule, carry_verdict
+from ._carry_rules import Rule, carry_verdict
 from ._cast import cast_back
 from ._compare import OK, Verdict, compare_partitioned, compare_states
 from ._compat import Tracer, flatten_like, hide_from_tracebacks
@@ -126,7 +126,7 @@ class Guard:
       strict mode set its mode (said in its reports).
     - `annotations`: whether to check `fn`'s jaxtyping annotations.
     - `hold_weakly`: keep only a weak reference to `fn` (cached loop bodies).
-    - `rule`: compare as a loop or branch does (`_carry.Rule`): a Python scalar
+    - `rule`: compare as a loop or branch does (`_carry_rules.Rule`): a Python scalar
       that `jax.lax` accepts for an array leaf is cast, not a structure change.
     - `traced`: which leaves are traced, a predicate such as `eqx.is_array`; the
       others are compared by value (`compare_partitioned`). None: every array

@@ -112,7 +112,7 @@ def _dtypeguard_scope(request: pytest.FixtureRequest) -> Iterator[None]:
 
             scopes.enter_context(x64_for(*x64.args))
         if loops is not None or session_loops is not None:
-            from ._loops import guard_loops
+            from ._loop_hook import guard_loops
 
             args: tuple[Any, ...] = loops.args if loops is not None else (session_loops,)
             kwargs: dict[str, Any] = loops.kwargs if loops is not None else {}

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import jax
 
-from ._carry import Rule
+from ._carry_rules import Rule
 from ._config import Mode, effective, validate_mode
 from ._guard import Guard, guarded_callable
 from ._plan import CallPlan, StateParameter

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from . import _config
 from ._call_site import user_frame
-from ._carry import accepted_scalars, carry_verdict
+from ._carry_rules import accepted_scalars, carry_verdict
 from ._cast import cast_back
 from ._errors import (
     Mismatch,

@@ -15,6 +15,7 @@ from ._version import __version__ as __version__
 if TYPE_CHECKING:
     from . import lax as lax
     from . import testing as testing
+    from ._caches import clear_caches as clear_caches
     from ._config import config as config
     from ._config import mode as mode
     from ._config import strict as strict
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "lax": ("lax", None),
     "testing": ("testing", None),
+    "clear_caches": ("_caches", "clear_caches"),
     "config": ("_config", "config"),
     "mode": ("_config", "mode"),
     "strict": ("_config", "strict"),
@@ -45,6 +47,7 @@ __all__ = [
     "StateDtypeError",
     "StateDtypeWarning",
     "__version__",
+    "clear_caches",
     "config",
     "guard_loops",
     "lax",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ._errors import StateDtypeError as StateDtypeError
     from ._errors import StateDtypeWarning as StateDtypeWarning
     from ._loop_hook import guard_loops as guard_loops
+    from ._policy import Policy as Policy
 
 _EXPORTS = {
     "lax": ("lax", None),
@@ -35,6 +36,7 @@ _EXPORTS = {
     "strict": ("_config", "strict"),
     "state_dtype_invariant": ("_decorator", "state_dtype_invariant"),
     "guard_loops": ("_loop_hook", "guard_loops"),
+    "Policy": ("_policy", "Policy"),
     "Mismatch": ("_errors", "Mismatch"),
     "Origin": ("_errors", "Origin"),
     "StateDtypeError": ("_errors", "StateDtypeError"),
@@ -44,6 +46,7 @@ _EXPORTS = {
 __all__ = [
     "Mismatch",
     "Origin",
+    "Policy",
     "StateDtypeError",
     "StateDtypeWarning",
     "__version__",

@@ -10,6 +10,7 @@ from . import _config
 from ._config import Mode
 from ._guard import Guard, guarded_callable
 from ._plan import CallPlan, StateParameter, describe_location, is_index, parameter_name
+from ._policy import Governance, Policy, as_policy
 
 __all__ = ["StateParameter", "describe_location", "parameter_name", "state_dtype_invariant"]
 
@@ -65,6 +66,7 @@ class _Options(TypedDict, total=False):
     weak_type: bool
     annotations: bool
     inplace: InplaceSpec
+    policy: Policy | dict[str, Any] | None
 
 
 @overload
@@ -85,6 +87,7 @@ def state_dtype_invariant(
     weak_type: bool = True,
     annotations: bool = True,
     inplace: InplaceSpec = False,
+    policy: Policy | dict[str, Any] | None = None,
 ) -> Any:
     """Guards a step function so its output state keeps its input state's types.
 
@@ -112,6 +115,12 @@ def state_dtype_invariant(
       the call, and cast mode writes the cast values back. `True` for every
       state, or the names/positions of those updated in place (the others
       are returned, at `out`).
+    - `policy`: a `jax_dtypeguard.Policy` (or its rules) saying which dtypes
+      the floating leaves of the states and other arguments must have. A
+      state given in other dtypes is reported in every mode but `"off"`; a new
+      state is checked (cast, in cast mode) against it; other governed
+      arguments are checked on entry (cast, in cast mode). See
+      [Dtype policies](policies.md).
 
     **Returns:**
 
@@ -135,6 +144,7 @@ def state_dtype_invariant(
         ```
     """
     _validate(mode, weak_type, annotations, out, state, inplace)
+    policy = as_policy(policy)
     if fn is None:
         return functools.partial(
             state_dtype_invariant,
@@ -144,6 +154,7 @@ def state_dtype_invariant(
             weak_type=weak_type,
             annotations=annotations,
             inplace=inplace,
+            policy=policy,
         )
     if not callable(fn):
         raise TypeError(
@@ -152,5 +163,8 @@ def state_dtype_invariant(
             'arguments (@state_dtype_invariant(mode="cast")).'
         )
     plan = CallPlan.of(fn, state, out, inplace)
-    guard = Guard(fn, plan, mode=mode, weak_type=weak_type, annotations=annotations)
+    governance = None if policy is None else Governance(policy)
+    guard = Guard(
+        fn, plan, mode=mode, weak_type=weak_type, annotations=annotations, policy=governance
+    )
     return guarded_callable(guard)

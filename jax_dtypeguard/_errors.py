@@ -11,6 +11,7 @@ from typing import Any, Literal
 from ._signature import category
 
 Kind = Literal["structure", "shape", "dtype", "weak_type", "sharding", "annotation"]
+Side = Literal["input", "output"]
 CASTABLE_KINDS = frozenset({"dtype", "weak_type"})
 
 
@@ -62,6 +63,10 @@ class Mismatch:
       `got` (shape, dtype, weak_type, sharding), where both are arrays or
       Python scalars; else `None`.
     - `castable`: whether cast mode repairs it.
+    - `rule`: for a leaf that breaks a dtype policy, the rule's pattern
+      (`expected` is then the policy's type); else `None`.
+    - `side`: for a policy, whether the leaf was given (`"input"`) or returned
+      (`"output"`); else `None`.
     """
 
     path: str
@@ -72,9 +77,17 @@ class Mismatch:
     expected_type: Any = dataclasses.field(default=None, compare=False, repr=False)
     got_type: Any = dataclasses.field(default=None, compare=False, repr=False)
     castable: bool = dataclasses.field(default=False, compare=False, repr=False)
+    rule: str | None = None
+    side: Side | None = None
 
     def __str__(self) -> str:
-        text = f"{self.path}: {self.expected} -> {self.got}"
+        if self.rule is None:
+            text = f"{self.path}: {self.expected} -> {self.got}"
+        else:
+            quote = '"' if "'" in self.rule else "'"
+            text = f"{self.path}: {self.expected} (policy {quote}{self.rule}{quote}) -> {self.got}"
+            if self.side is not None:
+                text += f" on {self.side}"
         if self.origin is not None:
             text += f"  ({self.origin})"
         return text
@@ -219,14 +232,20 @@ def format_report(
     mismatches: Sequence[Mismatch],
     mode: str,
     strict: bool = False,
+    remedy: str | None = None,
 ) -> str:
-    """The text of a `StateDtypeError` or `StateDtypeWarning`."""
+    """The text of a `StateDtypeError` or `StateDtypeWarning`.
+
+    `remedy`: a fix the hint names first (a dtype policy's, for its arguments).
+    """
     names = [state_names] if isinstance(state_names, str) else list(state_names)
     quoted = ", ".join(f"'{n}'" for n in names)
     paths = [m.path for m in mismatches]
     count = count_of(mismatches)
     if all(m.kind == "annotation" for m in mismatches):
         header = f"{function} ({location}) does not match its annotations ({count}):"
+    elif all(m.side == "input" for m in mismatches):
+        header = f"{function} ({location}) was given arguments that break its dtype policy ({count}):"
     else:
         what = "state" if len(names) == 1 else "states"
         header = f"{function} ({location}) changed the type of its {what} {quoted} ({count}):"
@@ -236,7 +255,10 @@ def format_report(
         if paths.count(m.path) > 1 or m.kind in ("structure", "annotation", "sharding"):
             line += f"  [{m.kind}]"
         lines.append(line)
-    lines.append(_hint(mismatches, mode, strict))
+    if remedy:
+        lines.append(f"Hint: {remedy}.")
+    else:
+        lines.append(_hint(mismatches, mode, strict))
     return "\n".join(lines)
 
 

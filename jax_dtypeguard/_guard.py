@@ -135,6 +135,10 @@ class Guard:
       its own (`invariant(adamw)`).
     - `notes`: `(args, kwargs, result) -> lines` that a report adds before its
       hint (the loop hook: where the loop was reached from).
+    - `policy`: a dtype policy applied to the function (`_policy.Governance`):
+      `policy.enter(guard, mode, args, kwargs)` checks (or casts) the arguments
+      before the call and returns those to call with; `policy.review(name,
+      state_out, verdict)` judges each new state's governed leaves after it.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class Guard:
         traced: Callable[[Any], bool] | None = None,
         title: tuple[str, str] | None = None,
         notes: Callable[[tuple[Any, ...], dict[str, Any], Any], list[str]] | None = None,
+        policy: Any = None,
     ) -> None:
         self._fn: Callable[[], Any] = weakref.ref(fn) if hold_weakly else (lambda: fn)
         self._strong_fn = None if hold_weakly else fn  # the eager fast path reads it directly
@@ -164,8 +169,9 @@ class Guard:
         self.notes = notes
         self.rule: Rule | None = rule
         self.traced = traced
+        self.policy = policy
         out = plan.outs[0]
-        compared_as_is = rule is None and traced is None
+        compared_as_is = rule is None and traced is None and policy is None
         returned_one = len(plan.states) == 1 and not isinstance(out, str) and compared_as_is
         self._one = (plan.states[0], out) if returned_one and not isinstance(out, str) else None
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
@@ -197,6 +203,8 @@ class Guard:
         fn = self.fn
         if mode == "off":
             return fn(*args, **kwargs)
+        if self.policy is not None:
+            args, kwargs = self.policy.enter(self, mode, args, kwargs)
         if self._one is not None:  # one returned state, compared as is: the usual step
             parameter, out = self._one
             found, state = parameter.find(args, kwargs)
@@ -258,6 +266,8 @@ class Guard:
                 verdict = self._verdict_of(
                     number, parameter, before, state_out, tree_out, keys, weak_type
                 )
+            if self.policy is not None:
+                verdict = self.policy.review(parameter.name, state_out, verdict)
             if mode != "cast":
                 mismatches += verdict.mismatches
                 continue

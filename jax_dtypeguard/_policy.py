@@ -9,7 +9,7 @@ new state after it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -22,7 +22,7 @@ from ._errors import CASTABLE_KINDS, Mismatch, format_report
 from ._patterns import Pattern, path_segments, root_segments
 from ._guard import as_tree, deliver
 from ._plan import argument_names
-from ._signature import LeafSignature, NotALeafError
+from ._signature import LeafSignature, NotALeafError, flax_nnx
 
 _tree = jax.tree_util
 
@@ -265,6 +265,7 @@ class _Argument:
     value: Any
     slot: str | None  # "0", "key": where it is among the call's arguments; None: a default
     state: bool
+    graph_node: bool = False  # a Flax NNX object, updated in place
 
 
 class Governance:
@@ -296,6 +297,7 @@ class Governance:
         self.names = tuple(names) if names is not None else None
         self.remedy = remedy
         self._validated = False
+        self._graph_nodes: set[str] = set()
 
     def _arguments(self, guard: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[_Argument]:
         arguments: list[_Argument] = []
@@ -307,7 +309,8 @@ class Governance:
             slots = parameter.slots(args, kwargs)
             taken.update(slots)
             slot = slots[0] if len(slots) == 1 and not parameter.operands else None
-            arguments.append(_Argument(parameter.name, as_tree(value), slot, True))
+            graph_node = _is_graph_node(value)
+            arguments.append(_Argument(parameter.name, as_tree(value), slot, True, graph_node))
         names = list(self.names or ()) + argument_names(guard.fn, len(args))[len(self.names or ()) :]
         for position, value in enumerate(args):
             if str(position) not in taken:
@@ -340,6 +343,7 @@ class Governance:
         arguments = self._arguments(guard, args, kwargs)
         if not self._validated:
             self._validate(guard, arguments)
+        self._graph_nodes = {a.name for a in arguments if a.graph_node}
         state_breaches: list[Mismatch] = []
         other_breaches: list[Mismatch] = []
         casts: dict[str, Any] = {}
@@ -370,7 +374,7 @@ class Governance:
         __tracebackhide__ = True
         name, location = guard.described
         states = [m for m in mismatches if _is_state_path(m.path, guard.plan.names)]
-        fix = _input_fix(states, mismatches, mode, guard.plan.names, self.remedy)
+        fix = _input_fix(states, mismatches, guard.plan.names, self._graph_nodes, self.remedy)
         message = format_report(
             name, location, guard.plan.names, mismatches, mode, guard.strict(mode), remedy=fix
         )
@@ -402,6 +406,11 @@ class Governance:
         return Verdict(kept + policy_mismatches, tuple(sorted(castable.items())), uncastable)
 
 
+def _is_graph_node(value: Any) -> bool:
+    nnx = flax_nnx()
+    return nnx is not None and nnx.graph.is_graph_node(value)
+
+
 def _is_state_path(path: str, names: Sequence[str]) -> bool:
     return any(path == n or path.startswith((n + ".", n + "[")) for n in names)
 
@@ -409,16 +418,19 @@ def _is_state_path(path: str, names: Sequence[str]) -> bool:
 def _input_fix(
     states: list[Mismatch],
     mismatches: list[Mismatch],
-    mode: str,
     names: Sequence[str],
+    graph_nodes: set[str],
     remedy: str | None,
 ) -> str:
     parts = []
     if states:
         root = next(n for n in names if _is_state_path(states[0].path, [n]))
+        cast = f"policy.cast({root}, root={root!r})"
+        if root in graph_nodes:
+            cast = f"nnx.update({root}, policy.cast(nnx.state({root}), root={root!r}))"
         text = (
             "a state must hold the policy before the call (casting it here would compile "
-            f"the step again): build it with `policy.cast({root}, root={root!r})`"
+            f"the step again): build it with `{cast}`"
         )
         if remedy:
             text += f", {remedy}"
@@ -430,3 +442,54 @@ def _input_fix(
         )
     return "; ".join(parts)
 
+
+
+
+def build_state(policy: Policy, init: Callable[[Any], Any], params: Any, *, root: str) -> Any:
+    """`init(params)` with its governed leaves in the policy's dtypes.
+
+    Where the policy widens a leaf (a bfloat16 `nu` made float32), the leaf's
+    value comes from `init` run on params widened to the policy's widest
+    dtype, so that a value `init` derives in the params' dtype is not rounded
+    first (Optax's `inject_hyperparams` stores `b2=0.999` in it: `1.0` in
+    bfloat16).
+    """
+    tree = as_tree(init(params))
+    leaves, treedef = _tree.tree_flatten(tree)
+    _, layout = policy.layout(tree, root)
+    breaches = layout.breaches(leaves, side=None)
+    if not breaches:
+        return tree
+    widest = max((target.dtype for _, _, target in breaches), key=lambda d: d.itemsize)
+    widened = _widened(params, widest)
+    if widened is not None:
+        wide_leaves, wide_treedef = _tree.tree_flatten(as_tree(init(widened)))
+        if wide_treedef == treedef:
+            for index, _, target in breaches:
+                if getattr(wide_leaves[index], "shape", None) == target.shape:
+                    leaves[index] = wide_leaves[index]
+            tree = _tree.tree_unflatten(treedef, leaves)
+    return policy.cast(tree, root=root)
+
+
+def _widened(params: Any, dtype: np.dtype) -> Any:
+    """`params` with floating array leaves narrower than `dtype` cast to it; None if none is."""
+    changed = False
+
+    def widen(leaf: Any) -> Any:
+        nonlocal changed
+        try:
+            signature = LeafSignature.of(leaf)
+        except NotALeafError:
+            return leaf
+        if (
+            signature.python_scalar is None
+            and jax.numpy.issubdtype(signature.dtype, jax.numpy.floating)
+            and signature.dtype.itemsize < dtype.itemsize
+        ):
+            changed = True
+            return jax.numpy.asarray(leaf, dtype)
+        return leaf
+
+    widened = _tree.tree_map(widen, params)
+    return widened if changed else None

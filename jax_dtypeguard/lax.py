@@ -20,6 +20,7 @@ from ._carry_rules import Rule
 from ._config import Mode, effective, validate_mode
 from ._guard import Guard, guarded_callable
 from ._plan import CallPlan, StateParameter
+from ._policy import Governance, Policy, as_policy
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
 
@@ -46,6 +47,7 @@ def _guard(
     mode: str,
     out: int | None = None,
     rule: Rule = "lax",
+    policy: Policy | None = None,
 ) -> Callable[..., Any]:
     """`fn` guarded with `make_state(fn)` as its state: one cached wrapper per setting.
 
@@ -56,14 +58,17 @@ def _guard(
         return fn
     # The effective settings are part of the key: a new strict scope gets a new
     # function, which JAX traces again instead of reusing a non-strict trace.
-    key = (state_key, mode, effective(mode, True), out)
+    key = (state_key, mode, effective(mode, True), out, policy)
     entry = _CACHE.get(id(fn))
     if entry is not None and entry[0]() is fn and key in entry[1]:
         return entry[1][key]
     if not callable(fn):
         raise TypeError(f"{role} must be a function; got {type(fn).__name__} {fn!r:.80}.")
     plan = CallPlan.single(make_state(fn), out)
-    guard_for = functools.partial(Guard, fn, plan, mode=cast(Mode, mode), rule=rule)
+    governance = None if policy is None else Governance(policy)
+    guard_for = functools.partial(
+        Guard, fn, plan, mode=cast(Mode, mode), rule=rule, policy=governance
+    )
     if isinstance(fn, types.MethodType):  # a new object on each attribute access
         return guard_for().__call__
     fn_id = id(fn)
@@ -95,6 +100,7 @@ def while_loop(
     init_val: Any,
     *,
     mode: str = "cast",
+    policy: Policy | dict[str, Any] | None = None,
 ) -> Any:
     """`jax.lax.while_loop` whose `body_fun` keeps `init_val`'s types.
 
@@ -105,6 +111,10 @@ def while_loop(
       `"cast"` casts dtype and weak_type drift back to the carry's (a weak
       `init_val` such as `1.0` stays weak instead of being promoted by the
       body), `"check"` raises, `"warn"` warns, `"off"` leaves it to JAX.
+    - `policy`: a `jax_dtypeguard.Policy` (or its rules) for the body's
+      arguments, paths starting with its parameters' names: the carry must
+      hold it when the loop starts, and the body's new carry is checked (cast,
+      in cast mode) against it. See [Dtype policies](policies.md).
 
     **Returns:**
 
@@ -125,7 +135,7 @@ def while_loop(
         ```
     """
     validate_mode(mode)
-    body = _guard(body_fun, "body_fun", _carry(0), ("carry", 0), mode)
+    body = _guard(body_fun, "body_fun", _carry(0), ("carry", 0), mode, policy=as_policy(policy))
     return jax.lax.while_loop(cond_fun, body, init_val)
 
 
@@ -137,6 +147,7 @@ def fori_loop(
     *,
     unroll: int | bool | None = None,
     mode: str = "cast",
+    policy: Policy | dict[str, Any] | None = None,
 ) -> Any:
     """`jax.lax.fori_loop` whose `body_fun(i, val)` keeps `init_val`'s types.
 
@@ -144,7 +155,7 @@ def fori_loop(
 
     - `lower`, `upper`, `body_fun`, `init_val`, `unroll`: as for
       `jax.lax.fori_loop`.
-    - `mode`: `"cast"`, `"check"`, `"warn"` or `"off"`, as for `while_loop`.
+    - `mode`, `policy`: as for `while_loop`.
 
     **Returns:**
 
@@ -164,7 +175,7 @@ def fori_loop(
         ```
     """
     validate_mode(mode)
-    body = _guard(body_fun, "body_fun", _carry(1), ("carry", 1), mode)
+    body = _guard(body_fun, "body_fun", _carry(1), ("carry", 1), mode, policy=as_policy(policy))
     return jax.lax.fori_loop(lower, upper, body, init_val, unroll=unroll)
 
 
@@ -177,6 +188,7 @@ def scan(
     unroll: int | bool = 1,
     *,
     mode: str = "cast",
+    policy: Policy | dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """`jax.lax.scan` whose `f(carry, x) -> (carry, y)` keeps `init`'s types.
@@ -187,7 +199,7 @@ def scan(
 
     - `f`, `init`, `xs`, `length`, `reverse`, `unroll` and any further
       keyword arguments: as for `jax.lax.scan`.
-    - `mode`: `"cast"`, `"check"`, `"warn"` or `"off"`, as for `while_loop`.
+    - `mode`, `policy`: as for `while_loop`.
 
     **Returns:**
 
@@ -210,7 +222,7 @@ def scan(
         ```
     """
     validate_mode(mode)
-    body = _guard(f, "f", _carry(0), ("carry", 0), mode, out=0)
+    body = _guard(f, "f", _carry(0), ("carry", 0), mode, out=0, policy=as_policy(policy))
     return jax.lax.scan(body, init, xs, length=length, reverse=reverse, unroll=unroll, **kwargs)
 
 
@@ -232,6 +244,7 @@ def cond(
     *operands: Any,
     operand: Any = _NO_OPERAND,
     mode: str = "cast",
+    policy: Policy | dict[str, Any] | None = None,
 ) -> Any:
     """`jax.lax.cond` whose branches return their operands' types.
 
@@ -247,6 +260,7 @@ def cond(
     - `mode`: `"cast"` casts each branch's dtype and weak_type drift back
       to the operands' types (so branches that differ only in dtype agree),
       `"check"` raises, `"warn"` warns, `"off"` leaves it to JAX.
+    - `policy`: as for `while_loop`, for the branches' operands.
 
     **Returns:**
 
@@ -271,8 +285,9 @@ def cond(
     if not operands:
         return jax.lax.cond(pred, true_fun, false_fun)
     state, key = _operands(len(operands)), ("operands", len(operands))
+    rules = as_policy(policy)
     branches = [
-        _guard(fn, role, state, key, mode)
+        _guard(fn, role, state, key, mode, policy=rules)
         for role, fn in (("true_fun", true_fun), ("false_fun", false_fun))
     ]
     return jax.lax.cond(pred, *branches, *operands)
@@ -284,6 +299,7 @@ def switch(
     *operands: Any,
     operand: Any = _NO_OPERAND,
     mode: str = "cast",
+    policy: Policy | dict[str, Any] | None = None,
 ) -> Any:
     """`jax.lax.switch` whose branches return their operands' types.
 
@@ -294,7 +310,7 @@ def switch(
 
     - `index`, `branches`, `*operands` (or `operand=`): as for
       `jax.lax.switch`.
-    - `mode`: `"cast"`, `"check"`, `"warn"` or `"off"`, as for `cond`.
+    - `mode`, `policy`: as for `cond`.
 
     **Returns:**
 
@@ -325,7 +341,9 @@ def switch(
             f"branches must be a sequence of functions; got {type(branches).__name__}."
         ) from None
     state, key = _operands(len(operands)), ("operands", len(operands))
+    rules = as_policy(policy)
     guarded = [
-        _guard(fn, f"branches[{number}]", state, key, mode) for number, fn in enumerate(branches)
+        _guard(fn, f"branches[{number}]", state, key, mode, policy=rules)
+        for number, fn in enumerate(branches)
     ]
     return jax.lax.switch(index, guarded, *operands)

@@ -21,6 +21,7 @@ from ._config import effective, validate_mode
 from ._errors import Mismatch, count_of
 from ._guard import Guard, deliver
 from ._plan import CallPlan, StateParameter, describe_location
+from ._policy import Governance, Policy, as_policy, build_state
 from ._signature import LeafSignature, NotALeafError, category
 
 __all__ = ["invariant"]
@@ -219,7 +220,13 @@ def _value_fn_at_params_types(value_fn: Any, params: Any, guard: _ParamsCheck) -
     return value_fn_at_params_types
 
 
-def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) -> Any:
+def invariant(
+    tx: Any,
+    *,
+    mode: str | None = "cast",
+    updates: str | None = None,
+    policy: Policy | dict[str, Any] | None = None,
+) -> Any:
     """An Optax transformation whose `update` keeps the optimizer state's types.
 
     Each `update(updates, opt_state, params=None, **extra_args)` is guarded
@@ -245,12 +252,19 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) ->
       param's, and for the params a line search hands to `value_fn` (only
       when `params` are passed to `update`); `None` (the default) means the
       same as `mode`.
+    - `policy`: a `jax_dtypeguard.Policy` (or its rules) over the paths
+      `opt_state...`, `updates...` and `params...`: `init` builds the state
+      in the policy's dtypes, `update` reports a state given in others (in
+      every mode but `"off"`), checks (or, in cast mode, casts) the new
+      state against it, and checks the incoming updates against their rules
+      (cast mode casts them on entry). See [Dtype policies](policies.md).
 
     **Returns:**
 
     The same kind of transformation: `GradientTransformationExtraArgs` if
     `tx` takes extra arguments (or is a `MultiSteps`), else
-    `GradientTransformation`. `init` is `tx.init`.
+    `GradientTransformation`. `init` is `tx.init` (followed by the policy,
+    where one is given).
 
     **Raises:**
 
@@ -282,12 +296,25 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) ->
     del caller
     name = f"invariant({written[0] if written else _builder_name(inner.update)})"
     location = written[1] if written else describe_location(inner.update)[1]
+    rules = as_policy(policy)
+    governance = None
+    init = inner.init
+    if rules is not None:
+        governance = Governance(
+            rules,
+            names=("updates", "opt_state", "params"),
+            remedy=f"or let `{name}.init(params)` build it, which follows the policy",
+        )
+        init = functools.wraps(inner.init)(
+            lambda params: build_state(rules, inner.init, params, root="opt_state")
+        )
     state_guard = Guard(
         inner.update,
         CallPlan.single(StateParameter.argument("opt_state", 1, "state", None), out=1),
         mode=mode,  # type: ignore[arg-type]
         annotations=False,
         title=(name, location),
+        policy=governance,
     )
     params_guard = _ParamsCheck(
         updates if updates is not None else mode, updates is not None, name, location
@@ -327,10 +354,10 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) ->
             return guarded_update(updates, state, params, extra_args)
 
         update_with_extra_args.__qualname__ = name
-        return optax.GradientTransformationExtraArgs(inner.init, update_with_extra_args)
+        return optax.GradientTransformationExtraArgs(init, update_with_extra_args)
 
     def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         return guarded_update(updates, state, params, {})
 
     update.__qualname__ = name
-    return optax.GradientTransformation(inner.init, update)
+    return optax.GradientTransformation(init, update)

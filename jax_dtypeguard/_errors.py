@@ -245,7 +245,9 @@ def format_report(
     if all(m.kind == "annotation" for m in mismatches):
         header = f"{function} ({location}) does not match its annotations ({count}):"
     elif all(m.side == "input" for m in mismatches):
-        header = f"{function} ({location}) was given arguments that break its dtype policy ({count}):"
+        header = (
+            f"{function} ({location}) was given arguments that break its dtype policy ({count}):"
+        )
     else:
         what = "state" if len(names) == 1 else "states"
         header = f"{function} ({location}) changed the type of its {what} {quoted} ({count}):"

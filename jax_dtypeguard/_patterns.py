@@ -99,7 +99,7 @@ class Pattern:
             raise ValueError(
                 f"Policy rule {text!r} is not a path pattern. Write it as reports print "
                 "paths, segments joined by dots or in brackets, with * for one segment and "
-                "** for any number: \"opt_state.**.nu.**\", \"params['layer_*'].kernel\", "
+                '** for any number: "opt_state.**.nu.**", "params[\'layer_*\'].kernel", '
                 'or "re:<regex>" against the segments joined by "/".'
             )
         wildcards = tuple(None if s == _ANY_SEGMENTS else _segment_regex(s) for s in segments)

@@ -19,8 +19,8 @@ from ._caches import Cache
 from ._cast import cast_back
 from ._compare import Verdict
 from ._errors import CASTABLE_KINDS, Mismatch, format_report
-from ._patterns import Pattern, path_segments, root_segments
 from ._guard import as_tree, deliver
+from ._patterns import Pattern, path_segments, root_segments
 from ._plan import argument_names
 from ._signature import LeafSignature, NotALeafError, flax_nnx
 
@@ -51,7 +51,7 @@ def _floating_dtype(pattern: str, value: Any) -> np.dtype:
     except (TypeError, ValueError):
         raise ValueError(
             f"Policy rule {pattern!r}: {value!r} is not a dtype; give a floating dtype "
-            "by name or value (\"bfloat16\", jnp.float32)."
+            'by name or value ("bfloat16", jnp.float32).'
         ) from None
     if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
         raise ValueError(
@@ -165,7 +165,7 @@ class Policy:
 def _check_root(root: object) -> str:
     if not isinstance(root, str) or not root:
         raise TypeError(
-            f"root must be the name the tree's paths start with (root=\"opt_state\"); got {root!r}."
+            f'root must be the name the tree\'s paths start with (root="opt_state"); got {root!r}.'
         )
     return root
 
@@ -180,7 +180,7 @@ def _pairs(rules: Any) -> list[tuple[str, Any]]:
     if pairs is None or not all(len(p) == 2 and isinstance(p[0], str) for p in pairs):
         raise TypeError(
             "Policy takes a mapping from path patterns to floating dtypes, or a list of "
-            f"(pattern, dtype) pairs, e.g. Policy({{\"params.**\": \"bfloat16\"}}); got {rules!r:.80}."
+            f'(pattern, dtype) pairs, e.g. Policy({{"params.**": "bfloat16"}}); got {rules!r:.80}.'
         )
     return pairs  # type: ignore[return-value]
 
@@ -299,7 +299,9 @@ class Governance:
         self._validated = False
         self._graph_nodes: set[str] = set()
 
-    def _arguments(self, guard: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[_Argument]:
+    def _arguments(
+        self, guard: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[_Argument]:
         arguments: list[_Argument] = []
         taken: set[str] = set()
         for parameter in guard.plan.states:
@@ -311,7 +313,9 @@ class Governance:
             slot = slots[0] if len(slots) == 1 and not parameter.operands else None
             graph_node = _is_graph_node(value)
             arguments.append(_Argument(parameter.name, as_tree(value), slot, True, graph_node))
-        names = list(self.names or ()) + argument_names(guard.fn, len(args))[len(self.names or ()) :]
+        names = (
+            list(self.names or ()) + argument_names(guard.fn, len(args))[len(self.names or ()) :]
+        )
         for position, value in enumerate(args):
             if str(position) not in taken:
                 arguments.append(_Argument(names[position], as_tree(value), str(position), False))
@@ -441,8 +445,6 @@ def _input_fix(
             'or use mode="cast", which casts them on entry'
         )
     return "; ".join(parts)
-
-
 
 
 def build_state(policy: Policy, init: Callable[[Any], Any], params: Any, *, root: str) -> Any:

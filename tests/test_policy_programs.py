@@ -77,7 +77,10 @@ def test_a_plain_state_given_to_a_policy_optimizer_names_init():
         jax.jit(tx.update)(grads, optax.adamw(1e-2).init(params), params)
     text = str(info.value)
     assert text.startswith("invariant(adamw) (")
-    assert "opt_state[0].nu['w']: float32[8,1] (policy 'opt_state.**.nu.**') -> bfloat16[8,1] on input" in text
+    assert (
+        "opt_state[0].nu['w']: float32[8,1] (policy 'opt_state.**.nu.**') -> bfloat16[8,1] on input"
+        in text
+    )
     assert "policy.cast(opt_state, root='opt_state')" in text
     assert "invariant(adamw).init(params)" in text
 
@@ -87,16 +90,23 @@ def test_check_mode_reports_updates_that_break_their_rule():
     tx = invariant(optax.adamw(1e-2), mode="check", policy={**MOMENTS, "updates.**": "float32"})
     opt_state = tx.init(params)
     bf16_grads = jax.grad(loss_fn)(params, x, y)
-    with pytest.raises(StateDtypeError, match=r"updates\['w'\]: float32\[8,1\] \(policy 'updates.\*\*'\) -> bfloat16\[8,1\] on input"):
+    with pytest.raises(
+        StateDtypeError,
+        match=r"updates\['w'\]: float32\[8,1\] \(policy 'updates.\*\*'\) -> bfloat16\[8,1\] on input",
+    ):
         tx.update(bf16_grads, opt_state, params)
 
 
 def test_a_rule_for_nothing_in_update_is_a_value_error():
     params, x, y = regression()
-    tx = invariant(optax.adam(1e-2), policy={"opt_state.**.nu.**": "float32", "opt_sate.**": "float32"})
+    tx = invariant(
+        optax.adam(1e-2), policy={"opt_state.**.nu.**": "float32", "opt_sate.**": "float32"}
+    )
     opt_state = tx.init(params)
     grads = jax.grad(loss_fn)(params, x, y)
-    with pytest.raises(ValueError, match=r"'opt_sate.\*\*' matches no leaf .*\(opt_state, updates, params\)"):
+    with pytest.raises(
+        ValueError, match=r"'opt_sate.\*\*' matches no leaf .*\(opt_state, updates, params\)"
+    ):
         tx.update(grads, opt_state, params)
 
 
@@ -118,7 +128,9 @@ def test_inject_hyperparams_keeps_its_hyperparameters_float32():
     def train_step(params, opt_state):
         traces.append(1)
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        updates, opt_state = tx.update(jax.tree.map(lambda g: g.astype(jnp.float32), grads), opt_state, params)
+        updates, opt_state = tx.update(
+            jax.tree.map(lambda g: g.astype(jnp.float32), grads), opt_state, params
+        )
         return optax.apply_updates(params, updates), opt_state, loss
 
     first = None
@@ -138,7 +150,11 @@ def test_nnx_optimizer_with_a_policy_transformation():
     assert dtypes(nnx.state(optimizer)["opt_state"]) == {"float32"}
     _, x, y = regression()
     policy = dg.Policy(
-        {"model.**": "bfloat16", "optimizer.opt_state.**.mu.**": "float32", "optimizer.opt_state.**.nu.**": "float32"}
+        {
+            "model.**": "bfloat16",
+            "optimizer.opt_state.**.mu.**": "float32",
+            "optimizer.opt_state.**.nu.**": "float32",
+        }
     )
     traces = []
 

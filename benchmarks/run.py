@@ -43,6 +43,7 @@ SECTIONS: list[tuple[str, str, str | None]] = [
     ("memory", "core", "memory"),
     ("provenance", "provenance", None),
     ("report", "core", "drift_report"),
+    ("policy", "policy", None),
 ]
 
 

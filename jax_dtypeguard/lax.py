@@ -18,7 +18,7 @@ import jax
 
 from ._carry_rules import Rule
 from ._comparisons import LoopRule
-from ._config import Configured, effective, validate_mode
+from ._config import Configured, Mode, effective, validate_mode
 from ._guard import Guard
 from ._guarded import guarded_callable
 from ._plan import CallPlan, StateParameter
@@ -98,7 +98,7 @@ def while_loop(
     body_fun: Callable[[Any], Any],
     init_val: Any,
     *,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.while_loop` whose `body_fun` keeps `init_val`'s types.
 
@@ -140,7 +140,7 @@ def fori_loop(
     init_val: Any,
     *,
     unroll: int | bool | None = None,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.fori_loop` whose `body_fun(i, val)` keeps `init_val`'s types.
 
@@ -180,7 +180,7 @@ def scan(
     reverse: bool = False,
     unroll: int | bool = 1,
     *,
-    mode: str = "cast",
+    mode: Mode = "cast",
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """`jax.lax.scan` whose `f(carry, x) -> (carry, y)` keeps `init`'s types.
@@ -235,7 +235,7 @@ def cond(
     false_fun: Callable[..., Any],
     *operands: Any,
     operand: Any = _NO_OPERAND,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.cond` whose branches return their operands' types.
 
@@ -287,7 +287,7 @@ def switch(
     branches: Sequence[Callable[..., Any]],
     *operands: Any,
     operand: Any = _NO_OPERAND,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.switch` whose branches return their operands' types.
 

@@ -18,11 +18,12 @@ import numpy as np
 from ._caches import Cache
 from ._cast import cast_back
 from ._compare import Verdict
-from ._errors import CASTABLE_KINDS, Mismatch, format_report
-from ._guard import as_tree, deliver
+from ._delivery import deliver
+from ._errors import CASTABLE_KINDS, Mismatch, Report
+from ._nnx import as_tree, is_graph_node
 from ._patterns import Pattern, path_segments, root_segments
 from ._plan import argument_names
-from ._signature import LeafSignature, NotALeafError, flax_nnx
+from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
 
@@ -311,7 +312,7 @@ class Governance:
             slots = parameter.slots(args, kwargs)
             taken.update(slots)
             slot = slots[0] if len(slots) == 1 and not parameter.operands else None
-            graph_node = _is_graph_node(value)
+            graph_node = is_graph_node(value)
             arguments.append(_Argument(parameter.name, as_tree(value), slot, True, graph_node))
         names = (
             list(self.names or ()) + argument_names(guard.fn, len(args))[len(self.names or ()) :]
@@ -379,10 +380,17 @@ class Governance:
         name, location = guard.described
         states = [m for m in mismatches if _is_state_path(m.path, guard.plan.names)]
         fix = _input_fix(states, mismatches, guard.plan.names, self._graph_nodes, self.remedy)
-        message = format_report(
-            name, location, guard.plan.names, mismatches, mode, guard.strict(mode), remedy=fix
+        report = Report(
+            name,
+            location,
+            tuple(mismatches),
+            report_mode,
+            strict=guard.settings.strict(mode),
+            states=tuple(guard.plan.names),
+            what="was given arguments that break its dtype policy",
+            hint=f"Hint: {fix}.",
         )
-        deliver(message, mismatches, name, report_mode, guard=guard)
+        deliver(report, raised_by=guard)
 
     def review(self, name: str, state_out: Any, verdict: Verdict) -> Verdict:
         """`verdict` with the governed leaves of `state_out` judged against the policy."""
@@ -408,11 +416,6 @@ class Governance:
             else:
                 castable[index] = target
         return Verdict(kept + policy_mismatches, tuple(sorted(castable.items())), uncastable)
-
-
-def _is_graph_node(value: Any) -> bool:
-    nnx = flax_nnx()
-    return nnx is not None and nnx.graph.is_graph_node(value)
 
 
 def _is_state_path(path: str, names: Sequence[str]) -> bool:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 if not any((Path(entry) / "jax_dtypeguard").is_dir() for entry in sys.path[1:] if entry):
     sys.path.insert(1, str(HERE.parent))
 
-from timing import interleaved, paired_ratio  # noqa: E402
+from timing import interleaved, paired_difference, paired_ratio  # noqa: E402
 
 import jax_dtypeguard as dg  # noqa: E402
 
@@ -54,6 +54,34 @@ def _fresh(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _primitives(jaxpr: Any) -> Counter[str]:
     return Counter(eqn.primitive.name for eqn in jaxpr.jaxpr.eqns)
+
+
+def _policy_in_trace(rules: Any, args: tuple[Any, ...], calls: int) -> float:
+    """Seconds a policy adds to one guarded call whose arguments are tracers: a guarded
+    identity-like update with the policy against the same without, inside one trace (a
+    whole `make_jaxpr` varies by more than the policy costs)."""
+
+    def update(grads: Any, opt_state: Any, params: Any) -> Any:
+        return grads, opt_state
+
+    def guard(policy: Any) -> Callable[..., Any]:
+        return dg.state_dtype_invariant(
+            update, state="opt_state", out=1, annotations=False, mode="check", policy=policy
+        )
+
+    without, with_policy = guard(None), guard(rules)
+    found: dict[str, list[float]] = {}
+
+    def traced(*args: Any) -> Any:
+        found.update(
+            interleaved(
+                {"without": lambda: without(*args), "policy": lambda: with_policy(*args)}, 7, calls
+            )
+        )
+        return args
+
+    jax.make_jaxpr(traced)(*args)
+    return paired_difference(found, "policy", "without")
 
 
 def run(n: int = 1000, repeats: int = 7) -> dict[str, Any]:
@@ -94,6 +122,8 @@ def run(n: int = 1000, repeats: int = 7) -> dict[str, Any]:
     extra = _primitives(cast_bf16) - _primitives(plain_jaxpr)
     missing = _primitives(plain_jaxpr) - _primitives(cast_bf16)
     leaves = len(jax.tree.leaves(opt_state)) + 2 * n
+    policy_cost = _policy_in_trace(policy, args, calls=5)
+    plain_trace = statistics.median(samples["plain"])
     return {
         "title": "policy: trace of a 1,000-param adam update (check mode)",
         "params": n,
@@ -103,6 +133,9 @@ def run(n: int = 1000, repeats: int = 7) -> dict[str, Any]:
         "ratio_policy_over_plain": paired_ratio(samples, "policy", "plain"),
         "ratio_cold_policy_over_guarded": paired_ratio(samples, "policy_cold", "guarded"),
         "ratio_guarded_over_plain": paired_ratio(samples, "guarded", "plain"),
+        "policy_cost_in_trace_s": policy_cost,
+        "policy_cost_per_leaf_us": policy_cost / leaves * 1e6,
+        "ratio_from_policy_cost": 1 + policy_cost / plain_trace,
         "check_jaxpr_identical": str(check_jaxpr) == str(plain_jaxpr),
         "cast_extra_equations": dict(extra),
         "cast_missing_equations": dict(missing),
@@ -111,6 +144,8 @@ def run(n: int = 1000, repeats: int = 7) -> dict[str, Any]:
             f"policy/no policy {paired_ratio(samples, 'policy', 'guarded'):.3f} "
             f"(cold {paired_ratio(samples, 'policy_cold', 'guarded'):.3f}), "
             f"policy/undecorated {paired_ratio(samples, 'policy', 'plain'):.3f}; "
+            f"the policy's own cost {policy_cost * 1e3:.1f} ms "
+            f"({policy_cost / leaves * 1e6:.2f} us/leaf, ratio {1 + policy_cost / plain_trace:.4f}); "
             f"check jaxpr identical: {str(check_jaxpr) == str(plain_jaxpr)}; "
             f"cast adds {dict(extra)} for {n} cast leaves"
         ),

@@ -209,6 +209,7 @@ class Layout:
 
     governed: tuple[tuple[int, PolicyRule, str], ...]
     matched: frozenset[PolicyRule]
+    paths: frozenset[str] = frozenset()  # of the governed leaves
 
     @classmethod
     def of(cls, policy: Policy, tree: Any, root: str) -> Layout:
@@ -223,7 +224,8 @@ class Layout:
                     first = first or rule
             if first is not None:
                 governed.append((index, first, root + _tree.keystr(keypath)))
-        return cls(tuple(governed), frozenset(matched))
+        paths = frozenset(path for _, _, path in governed)
+        return cls(tuple(governed), frozenset(matched), paths)
 
     def breaches(
         self, leaves: Sequence[Any], side: str | None
@@ -231,14 +233,22 @@ class Layout:
         """`(leaf index, mismatch, the leaf's type under the policy)` per governed floating
         leaf whose type is not its rule's (dtype, strong)."""
         found = []
+        targets: dict[int, np.dtype] = {}  # each rule's dtype, read once per call, by id
         for index, rule, path in self.governed:
+            target = targets.get(id(rule))
+            if target is None:
+                target = targets[id(rule)] = rule.target()
+            leaf = leaves[index]
+            aval = getattr(leaf, "aval", None)  # arrays and tracers: the usual case
+            if aval is not None and aval.dtype == target and not aval.weak_type:
+                continue
             try:
-                got = LeafSignature.of(leaves[index])
+                got = LeafSignature.of(leaf)
             except NotALeafError:
                 continue
             if not _is_floating(got):
                 continue
-            wanted = got._replace(dtype=rule.target(), weak_type=False, python_scalar=None)
+            wanted = got._replace(dtype=target, weak_type=False, python_scalar=None)
             if got == wanted:
                 continue
             mismatch = Mismatch(
@@ -398,9 +408,8 @@ class Governance:
         if not layout.governed:
             return verdict
         breaches = layout.breaches(leaves, side="output")
-        governed_paths = {path for _, _, path in layout.governed}
         superseded = {
-            m for m in verdict.mismatches if m.kind in CASTABLE_KINDS and m.path in governed_paths
+            m for m in verdict.mismatches if m.kind in CASTABLE_KINDS and m.path in layout.paths
         }
         if not breaches and not superseded:
             return verdict

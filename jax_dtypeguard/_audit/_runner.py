@@ -15,8 +15,8 @@ import jax.numpy as jnp
 
 from .. import _config
 from .._columns import Column, columns_named, dtype_name
-from .._compat import enable_x64
 from .._comparisons import partitioned_by
+from .._compat import enable_x64
 from .._config import Fixed
 from .._errors import CASTABLE_KINDS, Mismatch, Origin
 from .._guard import Guard

@@ -263,16 +263,24 @@ def observe_jit_traces(observer: Callable[[JitTrace, Callable[[], Any]], Any]) -
     positions = {p: parameters.index(p) for p in ("fun", "args", "kwargs")}
     info_position = 1
 
+    def argument(name: str, arguments: tuple[Any, ...], keywords: dict[str, Any]) -> Any:
+        position = positions[name]
+        return arguments[position] if position < len(arguments) else keywords[name]
+
     @functools.wraps(original)
     def traced(*arguments: Any, **keywords: Any) -> Any:
-        if len(arguments) <= max(positions.values()) or keywords:
+        try:
+            info = arguments[info_position]
+            fun = argument("fun", arguments, keywords)
+            args = tuple(argument("args", arguments, keywords))
+            kwargs = dict(argument("kwargs", arguments, keywords))
+        except (IndexError, KeyError, TypeError):  # a call this JAX makes otherwise: unobserved
             return original(*arguments, **keywords)
-        info = arguments[info_position]
         signature = getattr(info, "fun_signature", None)
         trace = JitTrace(
-            arguments[positions["fun"]],
-            tuple(arguments[positions["args"]]),
-            dict(arguments[positions["kwargs"]]),
+            fun,
+            args,
+            kwargs,
             tuple(getattr(info, "static_argnums", ())),
             tuple(getattr(info, "static_argnames", ())),
             signature if isinstance(signature, inspect.Signature) else None,

@@ -201,7 +201,7 @@ def test_every_jit_trace_goes_through_the_point_the_recompile_explainer_observes
     assert trace.static_argnums == (1,)
     assert trace.signature is not None and list(trace.signature.parameters) == ["x", "n", "bias"]
     assert not trace.primitive
-    assert str(jaxpr.jaxpr.invars[0].aval).startswith("float32[2]")
+    assert jaxpr.jaxpr.invars[0].aval.shape == (2,)
 
 
 def test_eager_operations_are_jits_of_one_primitive():

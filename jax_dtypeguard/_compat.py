@@ -291,6 +291,43 @@ def observe_jit_traces(observer: Callable[[JitTrace, Callable[[], Any]], Any]) -
     setattr(module, name, traced)
 
 
+# JAX's function that runs a jitted call on a miss of jit's C++ cache, after its trace:
+# it returns `(outs, out_flat, ...)`, `out_flat` one value per output of the jaxpr.
+_JIT_RUN_FUNCTIONS = ("_run_python_pjit", "_python_pjit_helper")
+
+
+def observe_jit_runs(start: Callable[[], Any], finish: Callable[[Any, list[Any]], None]) -> None:
+    """Calls `token = start()` as each call that misses jit's C++ cache (a compiling call
+    among them) starts running, and `finish(token, out_flat)` with its outputs unless the
+    token is None. Installed once, for the process."""
+    from jax._src import pjit
+
+    for name in _JIT_RUN_FUNCTIONS:
+        original = getattr(pjit, name, None)
+        if original is not None:
+            break
+    else:
+        raise RuntimeError(
+            f"jax_dtypeguard cannot find where JAX {jax.__version__} runs jitted calls "
+            f"(looked for jax._src.pjit.{' or '.join(_JIT_RUN_FUNCTIONS)})"
+        )
+
+    @functools.wraps(original)
+    def run(*arguments: Any, **keywords: Any) -> Any:
+        token = start()
+        result = original(*arguments, **keywords)
+        if token is not None:
+            finish(token, result[1])
+        return result
+
+    setattr(pjit, name, run)
+
+
+def trace_state_clean() -> bool:
+    """Whether no JAX transformation is tracing on this thread (eager, top-level code)."""
+    return _core.trace_state_clean()
+
+
 def jit_tracing_observed() -> bool:
     """Whether `observe_jit_traces` is installed."""
     module, name, _ = _jit_trace_point()

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._errors import Mismatch, StateDtypeError
+from ._errors import Mismatch, Origin, StateDtypeError
 from ._version import __version__
 
 
@@ -25,11 +25,15 @@ class Recompile:
       a leaf returned by an earlier jitted call departed from its input.
     - `note`: why it compiled when no argument changed type (a function
       object made anew, a changed tracing context), else `None`.
+    - `earlier_origins`: `(path, Origin)` pairs: where a jitted call (an
+      `init`) built the value the earlier compile saw at that path, weak or
+      in the other dtype.
     """
 
     call_site: str | None
     mismatches: tuple[Mismatch, ...]
     note: str | None = None
+    earlier_origins: tuple[tuple[str, Origin], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +161,7 @@ def _as_dict(snapshot: Snapshot) -> dict[str, Any]:
                         "call_site": r.call_site,
                         "note": r.note,
                         "mismatches": [_mismatch_dict(m) for m in r.mismatches],
+                        "earlier_origins": {path: str(o) for path, o in r.earlier_origins},
                     }
                     for r in f.recompiles
                 ],
@@ -190,12 +195,22 @@ def mismatch_lines(mismatches: Sequence[Mismatch], indent: str) -> list[str]:
     return lines
 
 
+def _built(origin: Origin) -> str:
+    if origin.primitive == "a constant":
+        where = f" ({origin.file}:{origin.line})" if origin.file else ""
+        return f"was a constant that {origin.function}{where} returned"
+    return f"was built in a jitted call ({origin})"
+
+
 def describe_recompile(recompile: Recompile, number: int, indent: str = "  ") -> list[str]:
     """The lines that explain one recompile (the `number`-th compile of its function)."""
     where = f" at {recompile.call_site}" if recompile.call_site else ""
     if recompile.mismatches:
         head = f"{indent}{_ordinal(number)} compile{where}: differs from the closest earlier one in"
-        return [head, *mismatch_lines(recompile.mismatches, indent + "  ")]
+        lines = [head, *mismatch_lines(recompile.mismatches, indent + "  ")]
+        for path, origin in recompile.earlier_origins:
+            lines.append(f"{indent}  {path}: the earlier value {_built(origin)}")
+        return lines
     return [f"{indent}{_ordinal(number)} compile{where}: {recompile.note or 'no argument changed'}"]
 
 

@@ -231,3 +231,146 @@ def test_a_function_jitted_anew_each_time_says_so():
     (recompile,) = function.recompiles
     assert recompile.mismatches == ()
     assert recompile.note is not None and "new function object" in recompile.note
+
+
+def _lbfgs_program(jit_init):
+    optax = pytest.importorskip("optax")
+
+    def f(x):
+        return jnp.sum((x - 1.0) ** 2)
+
+    opt = optax.lbfgs()
+    params = jnp.zeros(3)
+
+    @jax.jit
+    def step(params, state):
+        value, grad = optax.value_and_grad_from_state(f)(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
+        return optax.apply_updates(params, updates), state
+
+    def run():
+        state = (jax.jit(opt.init) if jit_init else opt.init)(params)
+        p = params
+        for _ in range(3):
+            p, state = step(p, state)
+
+    return run
+
+
+_LBFGS_LEAVES = {
+    "state[2].info.num_linesearch_steps": ("weak int32[]", "int32[]", "optax/_src/numerics.py"),
+    "state[2].info.decrease_error": ("weak float32[]", "float32[]", "optax/_src/linesearch.py"),
+    "state[2].info.curvature_error": ("weak float32[]", "float32[]", "optax/_src/linesearch.py"),
+}
+
+
+def test_lbfgs_compiles_twice_and_the_report_names_the_three_info_leaves_with_optaxs_lines():
+    run = _lbfgs_program(jit_init=False)
+    with dg.explain_recompiles(quiet=True) as report:
+        run()
+    step = _function(report, "step")
+    assert step.compiles == 2
+    (recompile,) = step.recompiles
+    found = {m.path: m for m in recompile.mismatches}
+    assert set(found) == set(_LBFGS_LEAVES)
+    for path, (expected, got, file) in _LBFGS_LEAVES.items():
+        m = found[path]
+        assert (m.kind, m.expected, m.got) == ("weak_type", expected, got)
+        # Where the step's first compile made the leaf strong: Optax's line.
+        assert m.origin is not None and m.origin.file == file and m.origin.line is not None
+    assert "_compute_decrease_error" in str(found["state[2].info.decrease_error"].origin)
+    text = str(report)
+    assert "step (" in text and "2 compiles" in text
+    assert "state[2].info.decrease_error: weak float32[] -> float32[]  (first at" in text
+
+
+def test_lbfgs_with_a_jitted_init_also_names_where_init_built_the_weak_leaves():
+    run = _lbfgs_program(jit_init=True)
+    with dg.explain_recompiles(quiet=True) as report:
+        run()
+    (recompile,) = _function(report, "step").recompiles
+    earlier = dict(recompile.earlier_origins)
+    assert set(earlier) == set(_LBFGS_LEAVES)
+    assert all(o.file is not None and o.file.startswith("optax/") for o in earlier.values())
+    assert "the earlier value was a constant that" in str(report)
+
+
+def test_eqx_filter_jit_step_of_an_mlp_in_the_users_argument_names():
+    eqx = pytest.importorskip("equinox")
+    optax = pytest.importorskip("optax")
+    model = eqx.nn.MLP(2, 1, 4, 1, key=jax.random.PRNGKey(0))
+    opt = optax.sgd(1e-2)
+    opt_state = opt.init(eqx.filter(model, eqx.is_array))
+
+    @eqx.filter_jit
+    def train_step(model, opt_state, x, scale):
+        grads = eqx.filter_grad(lambda m: jnp.mean(jax.vmap(m)(x) ** 2))(model)
+        updates, opt_state = opt.update(grads, opt_state)
+        updates = jax.tree.map(lambda u: u * scale, updates)
+        return eqx.apply_updates(model, updates), opt_state
+
+    x = jnp.ones((3, 2))
+    with dg.explain_recompiles(quiet=True) as report:
+        model, opt_state = train_step(model, opt_state, x, 1.0)
+        model, opt_state = train_step(model, opt_state, x, 1.0)
+        model, opt_state = train_step(model, opt_state, x, 0.5)  # a static float changed
+        model, opt_state = train_step(model, opt_state, x.astype(jnp.bfloat16), 0.5)
+        bias = model.layers[0].bias
+        half = eqx.tree_at(lambda m: m.layers[0].bias, model, bias.astype(jnp.bfloat16))
+        train_step(half, opt_state, x.astype(jnp.bfloat16), 0.5)
+    function = _function(report, "train_step")
+    assert function.location is not None and "test_recompiles.py" in function.location
+    second, third, fourth = function.recompiles
+    assert [(m.path, m.kind, m.expected, m.got) for m in second.mismatches] == [
+        ("scale", "static", "1.0", "0.5")
+    ]
+    assert [(m.path, m.kind) for m in third.mismatches] == [("x", "dtype")]
+    assert [(m.path, m.kind) for m in fourth.mismatches] == [("model.layers[0].bias", "dtype")]
+
+
+def test_nnx_jit_step_with_an_optimizer_in_the_users_argument_names():
+    nnx = pytest.importorskip("flax.nnx")
+    optax = pytest.importorskip("optax")
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    with dg.explain_recompiles(quiet=True) as report:
+        train_step(model, optimizer, jnp.ones((4, 2)))
+        train_step(model, optimizer, jnp.ones((4, 2)))
+        model.kernel.set_value(model.kernel.get_value().astype(jnp.bfloat16))
+        train_step(model, optimizer, jnp.ones((4, 2)))
+    function = _function(report, "train_step")
+    assert function.compiles == 2
+    (recompile,) = function.recompiles
+    assert ("model.kernel.value", "dtype") in [(m.path, m.kind) for m in recompile.mismatches]
+
+
+def test_jitted_functions_retraced_inside_a_recompile_are_one_footnote():
+    def make_inner():
+        @jax.jit
+        def inner(x):
+            return x * 2
+
+        return inner
+
+    @jax.jit
+    def outer(x):
+        return make_inner()(x) + 1  # a closure jitted anew at each trace of outer
+
+    with dg.explain_recompiles(quiet=True) as report:
+        outer(jnp.ones(2))
+        outer(jnp.ones(3))
+    names = [f.name for f in report.functions]
+    assert not any(name.endswith("inner") for name in names)  # not compiled on its own
+    text = str(report)
+    assert "Not shown: 1 jitted function called inside them" in text
+    assert "make_inner.<locals>.inner" in text
+    assert report.to_dict()["nested_retraced"] == [
+        "test_jitted_functions_retraced_inside_a_recompile_are_one_footnote.<locals>.make_inner.<locals>.inner"
+    ]

@@ -117,6 +117,10 @@ class _Compile:
     trace: _Trace
     sources: dict[str, _Source]  # leaf path -> the compiling call that returned the leaf
     inputs: dict[str, int]  # leaf path -> the jaxpr input it is
+    flat: _Flat = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.flat = _Flat(self.arguments)
 
 
 def _jaxpr_inputs(trace: _compat.JitTrace, view: CallView, jaxpr: Any) -> dict[str, int]:
@@ -223,6 +227,70 @@ class StaticArgument:
 
     def __repr__(self) -> str:
         return describe_static(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StaticArgument) and static_equal(self.value, other.value)
+
+    def __hash__(self) -> int:
+        return hash(type(self.value))
+
+
+def _leaf_key(leaf: Any) -> Any:
+    """What jit's cache sees of a leaf of abstract arguments, as an `==`-comparable value."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        sharding = getattr(leaf, "sharding", None)
+        return (leaf.shape, leaf.dtype, leaf.weak_type, None if sharding is None else str(sharding))
+    if isinstance(leaf, (bool, int, float, complex)):
+        return type(leaf)
+    return leaf
+
+
+class _Flat:
+    """Abstract arguments flattened once, for a quick count of the leaves that differ."""
+
+    __slots__ = ("keys", "treedef")
+
+    def __init__(self, arguments: dict[str, Any]) -> None:
+        leaves, self.treedef = _tree.tree_flatten(arguments)
+        self.keys = [_leaf_key(leaf) for leaf in leaves]
+
+    def distance(self, other: _Flat) -> int | None:
+        """How many leaves differ, or None where the trees differ in structure."""
+        if self.treedef != other.treedef:
+            return None
+        return sum(1 for a, b in zip(self.keys, other.keys) if not _same(a, b))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # an `==` that raises or returns an array: not provably equal
+        return False
+
+
+# How many of a function's latest compiles a new one is compared with.
+_COMPARED = 64
+_COMPARED_IN_FULL = 8
+
+
+def _closest(compiles: list[_Compile], compile: _Compile) -> _Compile:
+    """The earlier compile whose arguments differ from `compile`'s in the fewest leaves (the
+    latest on a tie): counted quickly where the trees have one structure, else in full."""
+    candidates = compiles[-_COMPARED:][::-1]
+    best: tuple[int, _Compile] | None = None
+    for earlier in candidates:
+        distance = earlier.flat.distance(compile.flat)
+        if distance is not None and (best is None or distance < best[0]):
+            best = (distance, earlier)
+    if best is not None:
+        return best[1]
+    counted = [
+        (_differing_leaves(compare_arguments(e.arguments, compile.arguments)), e)
+        for e in candidates[:_COMPARED_IN_FULL]
+    ]
+    return min(counted, key=lambda pair: pair[0])[1]
 
 
 def _abstract_leaf(leaf: Any) -> Any:
@@ -411,13 +479,8 @@ class _Recorder:
     # -- explaining ----------------------------------------------------------------------------
 
     def _explain(self, history: _History, compile: _Compile, call_site: str | None) -> Recompile:
-        best: list[Mismatch] | None = None
-        closest: _Compile | None = None
-        for earlier in reversed(history.compiles):  # the latest wins a tie
-            mismatches = compare_arguments(earlier.arguments, compile.arguments)
-            if best is None or _differing_leaves(mismatches) < _differing_leaves(best):
-                best, closest = mismatches, earlier
-        assert best is not None and closest is not None
+        closest = _closest(history.compiles, compile)
+        best = compare_arguments(closest.arguments, compile.arguments)
         best, earlier_origins = _origins(best, compile, closest, history.key)
         note = None
         if not best:

@@ -374,3 +374,42 @@ def test_jitted_functions_retraced_inside_a_recompile_are_one_footnote():
     assert report.to_dict()["nested_retraced"] == [
         "test_jitted_functions_retraced_inside_a_recompile_are_one_footnote.<locals>.make_inner.<locals>.inner"
     ]
+
+
+@pytest.mark.skipif(
+    not hasattr(getattr(jax.sharding, "AxisType", None), "Explicit")
+    or not hasattr(jax.sharding, "reshard")
+    or len(jax.devices()) < 8,
+    reason="needs explicit sharding (jax.sharding.AxisType.Explicit) and 8 devices",
+)
+def test_a_step_that_returns_another_sharding_compiles_again_for_kind_sharding():
+    P = jax.sharding.PartitionSpec
+    explicit = jax.sharding.AxisType.Explicit
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(explicit,))
+    use = jax.set_mesh if hasattr(jax, "set_mesh") else jax.sharding.use_mesh
+    with use(mesh):
+        state = jax.device_put(jnp.ones((8, 4)), P("x", None))
+
+        @jax.jit
+        def reshards(state):
+            return jax.sharding.reshard(state * 2, P(None, None))
+
+        with dg.explain_recompiles(quiet=True) as report:
+            reshards(reshards(state))
+    (recompile,) = _function(report, "reshards").recompiles
+    (mismatch,) = recompile.mismatches
+    assert (mismatch.path, mismatch.kind) == ("state", "sharding")
+    assert "P('x', None)" in mismatch.expected and "P(None, None)" in mismatch.got
+
+
+def test_a_trace_inside_a_transformation_is_not_a_compile_and_jaxprs_are_unchanged():
+    @jax.jit
+    def square(x):
+        return x * x
+
+    expected = str(jax.make_jaxpr(square)(jnp.ones(3)))
+    with dg.explain_recompiles(quiet=True) as report:
+        jaxpr = str(jax.make_jaxpr(square)(jnp.ones(3)))
+        jax.eval_shape(square, jnp.ones(5))
+    assert jaxpr == expected
+    assert report.functions == []

@@ -291,15 +291,16 @@ def observe_jit_traces(observer: Callable[[JitTrace, Callable[[], Any]], Any]) -
     setattr(module, name, traced)
 
 
-# JAX's function that runs a jitted call on a miss of jit's C++ cache, after its trace:
+# JAX's function that runs a jitted call on a miss of jit's C++ cache (its trace just
+# before it, or within it in jax < 0.5): `(p, args_flat, fun, ...)` or `(fun, jit_info, ...)`;
 # it returns `(outs, out_flat, ...)`, `out_flat` one value per output of the jaxpr.
 _JIT_RUN_FUNCTIONS = ("_run_python_pjit", "_python_pjit_helper")
 
 
-def observe_jit_runs(start: Callable[[], Any], finish: Callable[[Any, list[Any]], None]) -> None:
-    """Calls `token = start()` as each call that misses jit's C++ cache (a compiling call
-    among them) starts running, and `finish(token, out_flat)` with its outputs unless the
-    token is None. Installed once, for the process."""
+def observe_jit_runs(observer: Callable[[Any, Callable[[], Any]], Any]) -> None:
+    """Routes every call that misses jit's C++ cache (a compiling call among them) through
+    `observer(fun, run)`, which must return `run()`: `(outs, out_flat, ...)`. Installed
+    once, for the process."""
     from jax._src import pjit
 
     for name in _JIT_RUN_FUNCTIONS:
@@ -311,14 +312,12 @@ def observe_jit_runs(start: Callable[[], Any], finish: Callable[[Any, list[Any]]
             f"jax_dtypeguard cannot find where JAX {jax.__version__} runs jitted calls "
             f"(looked for jax._src.pjit.{' or '.join(_JIT_RUN_FUNCTIONS)})"
         )
+    position = list(inspect.signature(original).parameters).index("fun")
 
     @functools.wraps(original)
     def run(*arguments: Any, **keywords: Any) -> Any:
-        token = start()
-        result = original(*arguments, **keywords)
-        if token is not None:
-            finish(token, result[1])
-        return result
+        fun = arguments[position] if position < len(arguments) else keywords.get("fun")
+        return observer(fun, lambda: original(*arguments, **keywords))
 
     setattr(pjit, name, run)
 

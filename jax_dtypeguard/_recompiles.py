@@ -59,7 +59,8 @@ class _Local(threading.local):
         self.stack: list[_Trace] = []  # jit traces in flight on this thread, innermost last
         # Top-level traces whose lowering and XLA compile may still come, latest last.
         self.awaiting: list[_Trace] = []
-        self.outputs_of: Any = None  # the jaxpr of the compile whose outputs come next
+        self.traced: _Traced | None = None  # the last top-level trace, until jit runs it
+        self.runs = 0  # jitted calls running on this thread (nested ones in lowering rules)
 
 
 _LOCAL = _Local()
@@ -173,22 +174,16 @@ def _forget(key: int) -> Callable[[Any], None]:
     return forget
 
 
-def _run_starts() -> Any:
-    """`(jaxpr, inputs)` of the compile whose call starts running now, if one was just
-    recorded."""
-    local = _LOCAL
-    compiled, local.outputs_of = local.outputs_of, None
-    return compiled
-
-
-def _run_returns(compiled: tuple[Any, dict[str, int], CallView], out_flat: list[Any]) -> None:
-    jaxpr, inputs, view = compiled
+def _remember_outputs(traced: _Traced, out_flat: list[Any]) -> None:
+    """Remembers the arrays a compiling call returned, for the origins of later compiles."""
     for k, value in enumerate(out_flat):
         try:
             reference = weakref.ref(value, _forget(id(value)))
         except TypeError:  # not an array: nothing will be passed back as it
             continue
-        source = _Source(jaxpr, k, inputs, view.key, view.name, view.location)
+        source = _Source(
+            traced.jaxpr, k, traced.inputs, traced.view.key, traced.view.name, traced.view.location
+        )
         _RETURNED[id(value)] = (reference, source)
 
 
@@ -429,16 +424,9 @@ class _Recorder:
 
     # -- what the observer and the event listener report -------------------------------------
 
-    def record(
-        self,
-        view: CallView,
-        trace: _Trace,
-        jaxpr: Any,
-        call_site: str | None,
-        sources: dict[str, _Source],
-        inputs: dict[str, int],
-    ) -> Any:
+    def record(self, traced: _Traced) -> Any:
         """Records one compile; returns the `RecompileError` to raise, if over budget."""
+        view, jaxpr = traced.view, traced.jaxpr
         with self.lock:
             history = self.histories.get(view.key)
             if history is None:
@@ -447,12 +435,17 @@ class _Recorder:
             if jaxpr is not None and any(c.jaxpr is jaxpr for c in history.compiles):
                 return None  # JAX reused an earlier trace: jit made anew of the same function
             compile = _Compile(
-                _abstract_arguments(view), view.identity, jaxpr, trace, sources, inputs
+                traced.arguments,
+                view.identity,
+                jaxpr,
+                traced.trace,
+                traced.sources,
+                traced.inputs,
             )
             if history.compiles:
-                recompile = self._explain(history, compile, call_site)
+                recompile = self._explain(history, compile, traced.call_site)
                 history.recompiles.append(recompile)
-                self.nested.update(dict.fromkeys(trace.nested))
+                self.nested.update(dict.fromkeys(traced.trace.nested))
             history.compiles.append(compile)
             if self.max_compiles is None or len(history.compiles) <= self.max_compiles:
                 return None
@@ -619,17 +612,56 @@ def _observe(trace: _compat.JitTrace, run: Callable[[], Any]) -> Any:
     except Exception:  # a JAX whose result we cannot read: no jaxpr, compiles still counted
         jaxpr = None
     view = view_of(trace)
-    call_site = _call_site()
+    # A compile once jit runs what it traced (`make_jaxpr`, `eval_shape`, `.lower()` trace
+    # without running): `_observe_run` records it then.
+    local.traced = _Traced(
+        trace.fun,
+        view,
+        _abstract_arguments(view),
+        current,
+        jaxpr,
+        _call_site(),
+        _sources(view),
+        _jaxpr_inputs(trace, view, jaxpr),
+    )
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Traced:
+    """A top-level trace by jit, until jit runs it."""
+
+    fun: Any
+    view: CallView
+    arguments: dict[str, Any]  # abstract, as `_Compile.arguments`
+    trace: _Trace
+    jaxpr: Any
+    call_site: str | None
+    sources: dict[str, _Source]
+    inputs: dict[str, int]
+
+
+def _observe_run(fun: Any, run: Callable[[], Any]) -> Any:
+    if not _ACTIVE.get():
+        return run()
+    local = _LOCAL
+    local.runs += 1
+    try:
+        result = run()
+    finally:
+        local.runs -= 1
+    traced = local.traced
+    if local.runs or traced is None or traced.fun is not fun:
+        return result
+    local.traced = None
+    recorders = _ACTIVE.get()
     error = None
-    sources = _sources(view)
-    inputs = _jaxpr_inputs(trace, view, jaxpr)
     for recorder in recorders:
-        error = recorder.record(view, current, jaxpr, call_site, sources, inputs) or error
-    returned = (jaxpr, inputs, view)
-    local.outputs_of = returned if error is None and jaxpr is not None else None
+        error = recorder.record(traced) or error
     if error is not None:
-        local.awaiting.remove(current)
         raise error
+    if traced.jaxpr is not None:
+        _remember_outputs(traced, result[1])
     return result
 
 
@@ -685,7 +717,7 @@ def _install() -> None:
         if _INSTALLED:
             return
         _compat.observe_jit_traces(_observe)
-        _compat.observe_jit_runs(_run_starts, _run_returns)
+        _compat.observe_jit_runs(_observe_run)
         _EVENTS.update(_compat.compile_events())
         if _EVENTS:
             _compat.listen_to_durations(_on_duration)

@@ -413,3 +413,37 @@ def test_a_trace_inside_a_transformation_is_not_a_compile_and_jaxprs_are_unchang
         jax.eval_shape(square, jnp.ones(5))
     assert jaxpr == expected
     assert report.functions == []
+
+
+def test_the_origin_is_the_line_where_the_previous_compile_made_the_leaf_strong():
+    @jax.jit
+    def tick(state):
+        count = state["count"] + jnp.ones((), jnp.int32)  # weak + int32: strong int32
+        return {"count": count, "total": state["total"] * 2}
+
+    state = {"count": 0, "total": jnp.ones(2)}
+    with dg.explain_recompiles(quiet=True) as report:
+        for _ in range(3):
+            state = tick(state)
+    function = _function(report, "tick")
+    assert function.compiles == 2
+    (recompile,) = function.recompiles
+    (mismatch,) = recompile.mismatches
+    assert (mismatch.path, mismatch.kind) == ("state['count']", "weak_type")
+    assert mismatch.expected == "weak int32[] (Python int)"
+    origin = mismatch.origin
+    assert origin is not None and origin.file == "tests/test_recompiles.py"
+    assert origin.line == _line_of('count = state["count"] + jnp.ones((), jnp.int32)')
+    assert origin.function is not None and origin.function.endswith("tick")
+
+
+def test_make_jaxpr_and_eval_shape_trace_without_compiling():
+    @jax.jit
+    def cube(x):
+        return x**3
+
+    with dg.explain_recompiles(quiet=True) as report:
+        jax.make_jaxpr(cube)(jnp.ones(2))
+        jax.eval_shape(cube, jnp.ones(3))
+        cube(jnp.ones(4))
+    assert _function(report, "cube").compiles == 1

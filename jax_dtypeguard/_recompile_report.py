@@ -195,11 +195,14 @@ def mismatch_lines(mismatches: Sequence[Mismatch], indent: str) -> list[str]:
     return lines
 
 
-def _built(origin: Origin) -> str:
+def _built(origin: Origin, paths: list[str]) -> str:
+    """Where a jitted call (an `init`) built the earlier values of `paths`."""
+    many = len(paths) > 1
+    subject = f"the earlier value{'s' if many else ''} of {', '.join(paths)}"
     if origin.primitive == "a constant":
         where = f" ({origin.file}:{origin.line})" if origin.file else ""
-        return f"was a constant that {origin.function}{where} returned"
-    return f"was built in a jitted call ({origin})"
+        return f"{subject}: constant{'s' if many else ''} that {origin.function}{where} returned"
+    return f"{subject}: built in a jitted call ({origin})"
 
 
 def describe_recompile(recompile: Recompile, number: int, indent: str = "  ") -> list[str]:
@@ -208,8 +211,11 @@ def describe_recompile(recompile: Recompile, number: int, indent: str = "  ") ->
     if recompile.mismatches:
         head = f"{indent}{_ordinal(number)} compile{where}: differs from the closest earlier one in"
         lines = [head, *mismatch_lines(recompile.mismatches, indent + "  ")]
+        by_origin: dict[Origin, list[str]] = {}
         for path, origin in recompile.earlier_origins:
-            lines.append(f"{indent}  {path}: the earlier value {_built(origin)}")
+            by_origin.setdefault(origin, []).append(path)
+        for origin, paths in by_origin.items():
+            lines.append(f"{indent}  {_built(origin, paths)}")
         return lines
     return [f"{indent}{_ordinal(number)} compile{where}: {recompile.note or 'no argument changed'}"]
 

@@ -20,6 +20,7 @@ import functools
 import os
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -578,6 +579,15 @@ def _nested_name(trace: _compat.JitTrace) -> str | None:
     return None if _is_internal(view) else view.name
 
 
+def _warn(error: Exception) -> None:
+    warnings.warn(
+        f"jax_dtypeguard.explain_recompiles could not record a compile ({type(error).__name__}: "
+        f"{error}); the report may miss it. Please report this, with JAX {jax.__version__}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _observe(trace: _compat.JitTrace, run: Callable[[], Any]) -> Any:
     recorders = _ACTIVE.get()
     if not recorders:
@@ -611,19 +621,23 @@ def _observe(trace: _compat.JitTrace, run: Callable[[], Any]) -> Any:
         jaxpr = _compat.traced_jaxpr(result)
     except Exception:  # a JAX whose result we cannot read: no jaxpr, compiles still counted
         jaxpr = None
-    view = view_of(trace)
-    # A compile once jit runs what it traced (`make_jaxpr`, `eval_shape`, `.lower()` trace
-    # without running): `_observe_run` records it then.
-    local.traced = _Traced(
-        trace.fun,
-        view,
-        _abstract_arguments(view),
-        current,
-        jaxpr,
-        _call_site(),
-        _sources(view),
-        _jaxpr_inputs(trace, view, jaxpr),
-    )
+    try:
+        view = view_of(trace)
+        # A compile once jit runs what it traced (`make_jaxpr`, `eval_shape`, `.lower()` trace
+        # without running): `_observe_run` records it then.
+        local.traced = _Traced(
+            trace.fun,
+            view,
+            _abstract_arguments(view),
+            current,
+            jaxpr,
+            _call_site(),
+            _sources(view),
+            _jaxpr_inputs(trace, view, jaxpr),
+        )
+    except Exception as error:  # never break the user's program: say so, and go on
+        local.traced = None
+        _warn(error)
     return result
 
 
@@ -656,8 +670,11 @@ def _observe_run(fun: Any, run: Callable[[], Any]) -> Any:
     local.traced = None
     recorders = _ACTIVE.get()
     error = None
-    for recorder in recorders:
-        error = recorder.record(traced) or error
+    try:
+        for recorder in recorders:
+            error = recorder.record(traced) or error
+    except Exception as failure:  # never break the user's program: say so, and go on
+        _warn(failure)
     if error is not None:
         raise error
     if traced.jaxpr is not None:
@@ -734,8 +751,16 @@ class explain_recompiles(contextlib.ContextDecorator):
     decorator. Every function compiled by `jax.jit`, `eqx.filter_jit` or
     `nnx.jit` inside the scope is counted, library code included; for each
     compile after a function's first, the report names the call site and
-    every argument leaf whose type differs from the closest earlier compile.
-    A call that hits jit's cache costs what it costs outside the scope.
+    every argument leaf whose type differs from the closest earlier compile,
+    and, for a leaf that an earlier jitted call returned, the line where it
+    departed from its earlier type. A compile is a trace by jit that jit then
+    runs (`make_jaxpr` and `eval_shape` trace without compiling); a NumPy
+    array where a `jax.Array` was is no compile. A function's first compile
+    within the scope is its baseline, even if it compiled before the scope
+    began; compiles that happen without a trace in the scope (eager
+    operations, functions traced before it) are counted in one line. A call
+    that hits jit's cache costs what it costs outside the scope. Scoped by a
+    context variable: other threads are not recorded, and scopes nest.
 
     **Arguments:**
 

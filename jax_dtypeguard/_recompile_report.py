@@ -205,6 +205,29 @@ def _built(origin: Origin, paths: list[str]) -> str:
     return f"{subject}: built in a jitted call ({origin})"
 
 
+def recompile_hint(recompile: Recompile) -> str:
+    """One line on how to compile once, for what changed."""
+    kinds = {m.kind for m in recompile.mismatches}
+    parts = []
+    if kinds & {"dtype", "weak_type"}:
+        parts.append(
+            "give each argument leaf the same dtype and weak_type at every call (an array, "
+            "`jnp.asarray(x, dtype)`, for a Python scalar; a step that keeps its state's types: "
+            '`dg.state_dtype_invariant(mode="cast")`, `dg.optax.invariant` for Optax)'
+        )
+    if "static" in kinds:
+        parts.append("keep static arguments constant, or pass the value as an array")
+    if "shape" in kinds:
+        parts.append("keep shapes fixed (pad or bucket them)")
+    if "structure" in kinds:
+        parts.append("pass the same tree (containers, keys, None where None was)")
+    if "sharding" in kinds:
+        parts.append("reshard back with `jax.sharding.reshard`")
+    if not parts:
+        parts.append("jit the function once and reuse it")
+    return f"Hint: {'; '.join(parts)}."
+
+
 def describe_recompile(recompile: Recompile, number: int, indent: str = "  ") -> list[str]:
     """The lines that explain one recompile (the `number`-th compile of its function)."""
     where = f" at {recompile.call_site}" if recompile.call_site else ""

@@ -41,6 +41,7 @@ from ._recompile_report import (
     RecompileReport,
     Snapshot,
     describe_recompile,
+    recompile_hint,
 )
 from ._signature import LeafSignature, NotALeafError, describe_static, static_equal
 
@@ -556,6 +557,7 @@ def _budget_error(history: _History, budget: int) -> RecompileError:
         f"{history.name}{where} compiled {len(history.compiles)} times, more than "
         f"max_compiles={budget} allows:",
         *describe_recompile(recompile, len(history.compiles)),
+        recompile_hint(recompile),
     ]
     return RecompileError("\n".join(lines), recompile.mismatches, function=history.name)
 

@@ -113,6 +113,7 @@ def test_max_compiles_raises_at_the_call_that_compiles_once_too_often():
     message = str(caught.value)
     assert "grow" in message and "max_compiles=2" in message
     assert "x: float32[2] -> float32[3]" in message
+    assert message.endswith("Hint: keep shapes fixed (pad or bucket them).")
     assert report.exceeded
 
 

@@ -786,10 +786,20 @@ class explain_recompiles(contextlib.ContextDecorator):
     !!! Example
 
         ```python
+        import jax
+        import jax.numpy as jnp
+        import jax_dtypeguard as dg
+
+        step = jax.jit(lambda x: x * 2)
         with dg.explain_recompiles(quiet=True) as report:
-            step = jax.jit(lambda x: x * 2)
             step(1.0)
-            step(jnp.float32(1.0))       # weak float32[] -> float32[]: compiles again
+            step(jnp.float32(1.0))  # a strong float32 where a Python float was
+        (again,) = [f for f in report.functions if f.compiles > 1]
+        print(again.compiles, again.recompiles[0].mismatches[0])
+        ```
+
+        ```text
+        2 x: weak float32[] (Python float) -> float32[]
         ```
     """
 

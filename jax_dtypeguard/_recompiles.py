@@ -22,8 +22,8 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -46,7 +46,6 @@ from ._recompile_report import (
 from ._signature import LeafSignature, NotALeafError, describe_static, static_equal
 
 _tree = jax.tree_util
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 _ACTIVE: contextvars.ContextVar[tuple[_Recorder, ...]] = contextvars.ContextVar(
     "jax_dtypeguard_explain_recompiles", default=()
@@ -833,13 +832,3 @@ class explain_recompiles(contextlib.ContextDecorator):
         _ACTIVE.reset(token)
         if not self.quiet:
             print(RecompileReport(recorder.snapshot), file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _suspended() -> Iterator[None]:
-    """No recording within the block (the explainer's own traces)."""
-    token = _ACTIVE.set(())
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)

@@ -674,6 +674,9 @@ def _observe_run(fun: Any, run: Callable[[], Any]) -> Any:
         result = run()
     finally:
         local.runs -= 1
+        if not local.runs:
+            # The call's lowering and XLA compile are done: later events are another's.
+            local.awaiting.clear()
     traced = local.traced
     if local.runs or traced is None or traced.fun is not fun:
         return result
@@ -820,6 +823,9 @@ class explain_recompiles(contextlib.ContextDecorator):
 
     def __enter__(self) -> RecompileReport:
         _install()
+        if not _LOCAL.runs:  # what earlier calls on this thread left is not this scope's
+            _LOCAL.awaiting.clear()
+            _LOCAL.traced = None
         recorder = _Recorder(self.max_compiles)
         token = _ACTIVE.set((*_ACTIVE.get(), recorder))
         with self._lock:

@@ -95,9 +95,9 @@ def _print_exception(error: BaseException | None) -> None:
     this runner's and runpy's."""
     if error is None:
         return
-    runner = {os.path.abspath(__file__), os.path.abspath(runpy.__file__)}
+    runner = {__name__, runpy.__name__}
     tb: types.TracebackType | None = error.__traceback__
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in runner:
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") in runner:
         tb = tb.tb_next
     sys.stderr.write("".join(traceback.format_exception(type(error), error, tb)))
     sys.stderr.flush()

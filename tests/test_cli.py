@@ -483,7 +483,7 @@ def test_recompiles_json_to_a_file(capsys, program, tmp_path):
 
 
 def test_recompiles_json_goes_to_stderr_by_default(capsys, program):
-    status, out, err = recompiles(capsys, "--format", "json", str(program))
+    status, _, err = recompiles(capsys, "--format", "json", str(program))
     assert status == 0
     assert _function(json.loads(err), "step")["compiles"] == 2
 
@@ -530,17 +530,14 @@ def test_recompiles_max_compiles_exceeded_exits_1(capsys, program):
     assert f"{program}" in err  # the traceback points at the program's call
 
 
-def test_recompiles_max_compiles_exceeded_exits_1_even_if_the_program_catches_it(
-    capsys, tmp_path
-):
+def test_recompiles_max_compiles_exceeded_exits_1_even_if_the_program_catches_it(capsys, tmp_path):
     script = tmp_path / "catches.py"
     script.write_text(
         PROGRAM.replace("import helper\n", "")
         .replace(" helper.VALUE", " 0")
         .replace(
             "step(1.0)\n",
-            "try:\n    step(1.0)\nexcept Exception as error:\n"
-            "    print(type(error).__name__)\n",
+            "try:\n    step(1.0)\nexcept Exception as error:\n    print(type(error).__name__)\n",
         )
     )
     status, out, _ = recompiles(capsys, "--max-compiles", "1", str(script))

@@ -74,15 +74,6 @@ def test_flatten_like_gives_the_values_at_leaf_positions():
     assert _compat.flatten_like(treedef, {"a": x, "b": (1, (x, x))}) == [x, 1, (x, x)]
 
 
-def test_jit_cache_size_counts_compilations():
-    f = jax.jit(lambda x: x + 1)
-    f(jnp.ones(2))
-    f(jnp.ones(2))
-    assert _compat.jit_cache_size(f) == 1
-    f(jnp.ones(3))
-    assert _compat.jit_cache_size(f) == 2
-
-
 # --- jaxpr access for provenance: each fails loudly if JAX renames what it reads -------------
 
 

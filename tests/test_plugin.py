@@ -278,9 +278,7 @@ def test_recompiles_option_summarises_each_test_that_compiled_again(pytester, wo
 
 
 def test_recompiles_summary_says_when_nothing_compiled_again(pytester):
-    pytester.makepyfile(
-        "import jax\n\ndef test_once():\n    jax.jit(lambda x: x + 1)(1.0)\n"
-    )
+    pytester.makepyfile("import jax\n\ndef test_once():\n    jax.jit(lambda x: x + 1)(1.0)\n")
     result = pytester.runpytest_subprocess("--dtypeguard-recompiles")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(

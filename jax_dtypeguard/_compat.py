@@ -286,6 +286,42 @@ def observe_jit_traces(observer: Callable[[JitTrace, Callable[[], Any]], Any]) -
     setattr(module, name, traced)
 
 
+# JAX's function that runs a jitted call on a miss of jit's C++ cache (its trace just
+# before it, or within it in jax < 0.5): `(p, args_flat, fun, ...)` or `(fun, jit_info, ...)`;
+# it returns `(outs, out_flat, ...)`, `out_flat` one value per output of the jaxpr.
+_JIT_RUN_FUNCTIONS = ("_run_python_pjit", "_python_pjit_helper")
+
+
+def observe_jit_runs(observer: Callable[[Any, Callable[[], Any]], Any]) -> None:
+    """Routes every call that misses jit's C++ cache (a compiling call among them) through
+    `observer(fun, run)`, which must return `run()`: `(outs, out_flat, ...)`. Installed
+    once, for the process."""
+    from jax._src import pjit
+
+    for name in _JIT_RUN_FUNCTIONS:
+        original = getattr(pjit, name, None)
+        if original is not None:
+            break
+    else:
+        raise RuntimeError(
+            f"jax_dtypeguard cannot find where JAX {jax.__version__} runs jitted calls "
+            f"(looked for jax._src.pjit.{' or '.join(_JIT_RUN_FUNCTIONS)})"
+        )
+    position = list(inspect.signature(original).parameters).index("fun")
+
+    @functools.wraps(original)
+    def run(*arguments: Any, **keywords: Any) -> Any:
+        fun = arguments[position] if position < len(arguments) else keywords.get("fun")
+        return observer(fun, lambda: original(*arguments, **keywords))
+
+    setattr(pjit, name, run)
+
+
+def trace_state_clean() -> bool:
+    """Whether no JAX transformation is tracing on this thread (eager, top-level code)."""
+    return _core.trace_state_clean()
+
+
 def jit_tracing_observed() -> bool:
     """Whether `observe_jit_traces` is installed."""
     module, name, _ = _jit_trace_point()

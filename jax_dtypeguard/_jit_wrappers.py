@@ -150,11 +150,14 @@ class EquinoxStatic:
     def __hash__(self) -> int:
         return hash(type(self.value))
 
-    def __repr__(self) -> str:
+    def text(self) -> str:
+        """The value as a reader knows it (a function by name)."""
         from ._signature import describe_static, is_static
 
-        text = describe_static(self.value) if is_static(self.value) else repr(self.value)
-        return f"{text} (static)"
+        return describe_static(self.value) if is_static(self.value) else repr(self.value)
+
+    def __repr__(self) -> str:
+        return f"{self.text()} (static)"
 
 
 def _combine(dynamic: tuple[Any, ...], static: tuple[tuple[Any, ...], Any]) -> Any:
@@ -208,7 +211,9 @@ def _nnx_state(value: Any) -> Any:
     def as_state(x: Any) -> Any:
         if not isinstance(x, extract.NodeStates) or x._graphdef is None:
             return x
-        return nnx.state(nnx.merge(x.graphdef, *x.states))
+        node = nnx.merge(x.graphdef, *x.states)
+        # Paths as the guard prints them: through the node where JAX can flatten it.
+        return nnx.state(node) if _tree.treedef_is_leaf(_tree.tree_structure(node)) else node
 
     return _tree.tree_map(as_state, value, is_leaf=lambda x: isinstance(x, extract.NodeStates))
 

@@ -509,3 +509,35 @@ class _Search(Lineage):
         if eqn.primitive.name not in ("cond", "while", "scan") and call_jaxpr(eqn) is None:
             return None
         return [(item[0], item[1]) for item in walk.stack if isinstance(item, tuple)]
+
+
+def output_origin(
+    jaxpr: Any, output: int, expected: LeafSignature, kind: str, invar: int | None = None
+) -> Origin | None:
+    """Where output `output` of a `ClosedJaxpr` first departs from the type `expected`
+    (dtype, or dtype and weak_type for `kind="weak_type"`): the equation and its user line.
+
+    For a value a jitted function returned that a later call passed back in
+    another type than before (the recompile explainer). `invar`: the jaxpr input
+    the value stands in for (the same leaf of the state it was given), whose
+    equations are preferred, as in reports. `None` where it cannot be found in
+    time, or the output does not depart.
+    """
+    try:
+        lineage = {"": invar} if invar is not None else {}
+        walker = _Search(jaxpr.jaxpr, lineage, _TIME_LIMIT)
+        departs = _departs_from(expected.dtype, expected.weak_type, kind)
+        outvar = walker.root.jaxpr.outvars[output]
+        if not departs(getattr(outvar, "aval", None)):
+            return None
+        found = walker.locate(walker.root, outvar, departs, invar)
+    except (OutOfTime, IndexError):
+        return None
+    if found is None:
+        return None
+    location, eqn, frame = None, found.eqn, found.frame
+    while location is None and eqn is not None and frame is not None:
+        location = _user_location(eqn)
+        eqn, frame = frame.eqn, frame.parent
+    file, line, function = location or (None, None, None)
+    return Origin(found.eqn.primitive.name, file, line, function)

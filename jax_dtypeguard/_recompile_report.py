@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._errors import Mismatch, StateDtypeError
+from ._errors import Mismatch, Origin, StateDtypeError
 from ._version import __version__
 
 
@@ -25,11 +25,15 @@ class Recompile:
       a leaf returned by an earlier jitted call departed from its input.
     - `note`: why it compiled when no argument changed type (a function
       object made anew, a changed tracing context), else `None`.
+    - `earlier_origins`: `(path, Origin)` pairs: where a jitted call (an
+      `init`) built the value the earlier compile saw at that path, weak or
+      in the other dtype.
     """
 
     call_site: str | None
     mismatches: tuple[Mismatch, ...]
     note: str | None = None
+    earlier_origins: tuple[tuple[str, Origin], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +161,7 @@ def _as_dict(snapshot: Snapshot) -> dict[str, Any]:
                         "call_site": r.call_site,
                         "note": r.note,
                         "mismatches": [_mismatch_dict(m) for m in r.mismatches],
+                        "earlier_origins": {path: str(o) for path, o in r.earlier_origins},
                     }
                     for r in f.recompiles
                 ],
@@ -190,12 +195,51 @@ def mismatch_lines(mismatches: Sequence[Mismatch], indent: str) -> list[str]:
     return lines
 
 
+def _built(origin: Origin, paths: list[str]) -> str:
+    """Where a jitted call (an `init`) built the earlier values of `paths`."""
+    many = len(paths) > 1
+    subject = f"the earlier value{'s' if many else ''} of {', '.join(paths)}"
+    if origin.primitive == "a constant":
+        where = f" ({origin.file}:{origin.line})" if origin.file else ""
+        return f"{subject}: constant{'s' if many else ''} that {origin.function}{where} returned"
+    return f"{subject}: built in a jitted call ({origin})"
+
+
+def recompile_hint(recompile: Recompile) -> str:
+    """One line on how to compile once, for what changed."""
+    kinds = {m.kind for m in recompile.mismatches}
+    parts = []
+    if kinds & {"dtype", "weak_type"}:
+        parts.append(
+            "give each argument leaf the same dtype and weak_type at every call (an array, "
+            "`jnp.asarray(x, dtype)`, for a Python scalar; a step that keeps its state's types: "
+            '`dg.state_dtype_invariant(mode="cast")`, `dg.optax.invariant` for Optax)'
+        )
+    if "static" in kinds:
+        parts.append("keep static arguments constant, or pass the value as an array")
+    if "shape" in kinds:
+        parts.append("keep shapes fixed (pad or bucket them)")
+    if "structure" in kinds:
+        parts.append("pass the same tree (containers, keys, None where None was)")
+    if "sharding" in kinds:
+        parts.append("reshard back with `jax.sharding.reshard`")
+    if not parts:
+        parts.append("jit the function once and reuse it")
+    return f"Hint: {'; '.join(parts)}."
+
+
 def describe_recompile(recompile: Recompile, number: int, indent: str = "  ") -> list[str]:
     """The lines that explain one recompile (the `number`-th compile of its function)."""
     where = f" at {recompile.call_site}" if recompile.call_site else ""
     if recompile.mismatches:
         head = f"{indent}{_ordinal(number)} compile{where}: differs from the closest earlier one in"
-        return [head, *mismatch_lines(recompile.mismatches, indent + "  ")]
+        lines = [head, *mismatch_lines(recompile.mismatches, indent + "  ")]
+        by_origin: dict[Origin, list[str]] = {}
+        for path, origin in recompile.earlier_origins:
+            by_origin.setdefault(origin, []).append(path)
+        for origin, paths in by_origin.items():
+            lines.append(f"{indent}  {_built(origin, paths)}")
+        return lines
     return [f"{indent}{_ordinal(number)} compile{where}: {recompile.note or 'no argument changed'}"]
 
 

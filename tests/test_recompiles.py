@@ -113,6 +113,7 @@ def test_max_compiles_raises_at_the_call_that_compiles_once_too_often():
     message = str(caught.value)
     assert "grow" in message and "max_compiles=2" in message
     assert "x: float32[2] -> float32[3]" in message
+    assert message.endswith("Hint: keep shapes fixed (pad or bucket them).")
     assert report.exceeded
 
 
@@ -231,3 +232,220 @@ def test_a_function_jitted_anew_each_time_says_so():
     (recompile,) = function.recompiles
     assert recompile.mismatches == ()
     assert recompile.note is not None and "new function object" in recompile.note
+
+
+def _lbfgs_program(jit_init):
+    optax = pytest.importorskip("optax")
+
+    def f(x):
+        return jnp.sum((x - 1.0) ** 2)
+
+    opt = optax.lbfgs()
+    params = jnp.zeros(3)
+
+    @jax.jit
+    def step(params, state):
+        value, grad = optax.value_and_grad_from_state(f)(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
+        return optax.apply_updates(params, updates), state
+
+    def run():
+        state = (jax.jit(opt.init) if jit_init else opt.init)(params)
+        p = params
+        for _ in range(3):
+            p, state = step(p, state)
+
+    return run
+
+
+_LBFGS_LEAVES = {
+    "state[2].info.num_linesearch_steps": ("weak int32[]", "int32[]", "optax/_src/numerics.py"),
+    "state[2].info.decrease_error": ("weak float32[]", "float32[]", "optax/_src/linesearch.py"),
+    "state[2].info.curvature_error": ("weak float32[]", "float32[]", "optax/_src/linesearch.py"),
+}
+
+
+def test_lbfgs_compiles_twice_and_the_report_names_the_three_info_leaves_with_optaxs_lines():
+    run = _lbfgs_program(jit_init=False)
+    with dg.explain_recompiles(quiet=True) as report:
+        run()
+    step = _function(report, "step")
+    assert step.compiles == 2
+    (recompile,) = step.recompiles
+    found = {m.path: m for m in recompile.mismatches}
+    assert set(found) == set(_LBFGS_LEAVES)
+    for path, (expected, got, file) in _LBFGS_LEAVES.items():
+        m = found[path]
+        assert (m.kind, m.expected, m.got) == ("weak_type", expected, got)
+        # Where the step's first compile made the leaf strong: Optax's line.
+        assert m.origin is not None and m.origin.file == file and m.origin.line is not None
+    assert "_compute_decrease_error" in str(found["state[2].info.decrease_error"].origin)
+    text = str(report)
+    assert "step (" in text and "2 compiles" in text
+    assert "state[2].info.decrease_error: weak float32[] -> float32[]  (first at" in text
+
+
+def test_lbfgs_with_a_jitted_init_also_names_where_init_built_the_weak_leaves():
+    run = _lbfgs_program(jit_init=True)
+    with dg.explain_recompiles(quiet=True) as report:
+        run()
+    (recompile,) = _function(report, "step").recompiles
+    earlier = dict(recompile.earlier_origins)
+    assert set(earlier) == set(_LBFGS_LEAVES)
+    assert all(o.file is not None and o.file.startswith("optax/") for o in earlier.values())
+    assert "the earlier values of state[2].info.num_linesearch_steps, " in str(report)
+    assert "constants that chain.<locals>.init_fn (optax/" in str(report)
+
+
+def test_eqx_filter_jit_step_of_an_mlp_in_the_users_argument_names():
+    eqx = pytest.importorskip("equinox")
+    optax = pytest.importorskip("optax")
+    model = eqx.nn.MLP(2, 1, 4, 1, key=jax.random.PRNGKey(0))
+    opt = optax.sgd(1e-2)
+    opt_state = opt.init(eqx.filter(model, eqx.is_array))
+
+    @eqx.filter_jit
+    def train_step(model, opt_state, x, scale):
+        grads = eqx.filter_grad(lambda m: jnp.mean(jax.vmap(m)(x) ** 2))(model)
+        updates, opt_state = opt.update(grads, opt_state)
+        updates = jax.tree.map(lambda u: u * scale, updates)
+        return eqx.apply_updates(model, updates), opt_state
+
+    x = jnp.ones((3, 2))
+    with dg.explain_recompiles(quiet=True) as report:
+        model, opt_state = train_step(model, opt_state, x, 1.0)
+        model, opt_state = train_step(model, opt_state, x, 1.0)
+        model, opt_state = train_step(model, opt_state, x, 0.5)  # a static float changed
+        model, opt_state = train_step(model, opt_state, x.astype(jnp.bfloat16), 0.5)
+        bias = model.layers[0].bias
+        half = eqx.tree_at(lambda m: m.layers[0].bias, model, bias.astype(jnp.bfloat16))
+        train_step(half, opt_state, x.astype(jnp.bfloat16), 0.5)
+    function = _function(report, "train_step")
+    assert function.location is not None and "test_recompiles.py" in function.location
+    second, third, fourth = function.recompiles
+    assert [(m.path, m.kind, m.expected, m.got) for m in second.mismatches] == [
+        ("scale", "static", "1.0", "0.5")
+    ]
+    assert [(m.path, m.kind) for m in third.mismatches] == [("x", "dtype")]
+    assert [(m.path, m.kind) for m in fourth.mismatches] == [("model.layers[0].bias", "dtype")]
+
+
+def test_nnx_jit_step_with_an_optimizer_in_the_users_argument_names():
+    nnx = pytest.importorskip("flax.nnx")
+    optax = pytest.importorskip("optax")
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    with dg.explain_recompiles(quiet=True) as report:
+        train_step(model, optimizer, jnp.ones((4, 2)))
+        train_step(model, optimizer, jnp.ones((4, 2)))
+        model.kernel.set_value(model.kernel.get_value().astype(jnp.bfloat16))
+        train_step(model, optimizer, jnp.ones((4, 2)))
+    function = _function(report, "train_step")
+    assert function.compiles == 2
+    (recompile,) = function.recompiles
+    assert ("model.kernel.value", "dtype") in [(m.path, m.kind) for m in recompile.mismatches]
+
+
+def test_jitted_functions_retraced_inside_a_recompile_are_one_footnote():
+    def make_inner():
+        @jax.jit
+        def inner(x):
+            return x * 2
+
+        return inner
+
+    @jax.jit
+    def outer(x):
+        return make_inner()(x) + 1  # a closure jitted anew at each trace of outer
+
+    with dg.explain_recompiles(quiet=True) as report:
+        outer(jnp.ones(2))
+        outer(jnp.ones(3))
+    names = [f.name for f in report.functions]
+    assert not any(name.endswith("inner") for name in names)  # not compiled on its own
+    text = str(report)
+    assert "Not shown: 1 jitted function called inside them" in text
+    assert "make_inner.<locals>.inner" in text
+    assert report.to_dict()["nested_retraced"] == [
+        "test_jitted_functions_retraced_inside_a_recompile_are_one_footnote.<locals>.make_inner.<locals>.inner"
+    ]
+
+
+@pytest.mark.skipif(
+    not hasattr(getattr(jax.sharding, "AxisType", None), "Explicit")
+    or not hasattr(jax.sharding, "reshard")
+    or len(jax.devices()) < 8,
+    reason="needs explicit sharding (jax.sharding.AxisType.Explicit) and 8 devices",
+)
+def test_a_step_that_returns_another_sharding_compiles_again_for_kind_sharding():
+    P = jax.sharding.PartitionSpec
+    explicit = jax.sharding.AxisType.Explicit
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(explicit,))
+    use = jax.set_mesh if hasattr(jax, "set_mesh") else jax.sharding.use_mesh
+    with use(mesh):
+        state = jax.device_put(jnp.ones((8, 4)), P("x", None))
+
+        @jax.jit
+        def reshards(state):
+            return jax.sharding.reshard(state * 2, P(None, None))
+
+        with dg.explain_recompiles(quiet=True) as report:
+            reshards(reshards(state))
+    (recompile,) = _function(report, "reshards").recompiles
+    (mismatch,) = recompile.mismatches
+    assert (mismatch.path, mismatch.kind) == ("state", "sharding")
+    assert "P('x', None)" in mismatch.expected and "P(None, None)" in mismatch.got
+
+
+def test_a_trace_inside_a_transformation_is_not_a_compile_and_jaxprs_are_unchanged():
+    @jax.jit
+    def square(x):
+        return x * x
+
+    expected = str(jax.make_jaxpr(square)(jnp.ones(3)))
+    with dg.explain_recompiles(quiet=True) as report:
+        jaxpr = str(jax.make_jaxpr(square)(jnp.ones(3)))
+        jax.eval_shape(square, jnp.ones(5))
+    assert jaxpr == expected
+    assert report.functions == []
+
+
+def test_the_origin_is_the_line_where_the_previous_compile_made_the_leaf_strong():
+    @jax.jit
+    def tick(state):
+        count = state["count"] + jnp.ones((), jnp.int32)  # weak + int32: strong int32
+        return {"count": count, "total": state["total"] * 2}
+
+    state = {"count": 0, "total": jnp.ones(2)}
+    with dg.explain_recompiles(quiet=True) as report:
+        for _ in range(3):
+            state = tick(state)
+    function = _function(report, "tick")
+    assert function.compiles == 2
+    (recompile,) = function.recompiles
+    (mismatch,) = recompile.mismatches
+    assert (mismatch.path, mismatch.kind) == ("state['count']", "weak_type")
+    assert mismatch.expected == "weak int32[] (Python int)"
+    origin = mismatch.origin
+    assert origin is not None and origin.file == "tests/test_recompiles.py"
+    assert origin.line == _line_of('count = state["count"] + jnp.ones((), jnp.int32)')
+    assert origin.function is not None and origin.function.endswith("tick")
+
+
+def test_make_jaxpr_and_eval_shape_trace_without_compiling():
+    @jax.jit
+    def cube(x):
+        return x**3
+
+    with dg.explain_recompiles(quiet=True) as report:
+        jax.make_jaxpr(cube)(jnp.ones(2))
+        jax.eval_shape(cube, jnp.ones(3))
+        cube(jnp.ones(4))
+    assert _function(report, "cube").compiles == 1

@@ -537,7 +537,7 @@ def output_origin(
         return None
     location, eqn, frame = None, found.eqn, found.frame
     while location is None and eqn is not None and frame is not None:
-        location = _user_location(eqn)
+        location = user_location(eqn)
         eqn, frame = frame.eqn, frame.parent
     file, line, function = location or (None, None, None)
     return Origin(found.eqn.primitive.name, file, line, function)

@@ -15,9 +15,12 @@ import jax.numpy as jnp
 
 from .. import _config
 from .._columns import Column, columns_named, dtype_name
+from .._comparisons import partitioned_by
 from .._compat import enable_x64
+from .._config import Fixed
 from .._errors import CASTABLE_KINDS, Mismatch, Origin
-from .._guard import Guard, guarded_callable
+from .._guard import Guard
+from .._guarded import guarded_callable
 from .._plan import CallPlan, describe_location
 from .._signature import needs_x64
 from ..testing import AuditSubject, Case, CaseError, NotApplicable, SkippedCase
@@ -74,10 +77,9 @@ def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
     guard = Guard(
         case.fn,
         CallPlan.at_positions(case.fn, case.state_arg, case.out),
-        mode="cast",
-        weak_type=weak_type,
+        comparison=partitioned_by(case.traced),
+        settings=Fixed("cast", weak_type),
         annotations=False,
-        traced=case.traced,
     )
     return dataclasses.replace(case, fn=guarded_callable(guard)).run(dtype, weak_type=weak_type)
 

@@ -42,6 +42,7 @@ class CallView:
     arguments: dict[str, Any]
     static: frozenset[str]
     static_leaves: bool = False
+    keywords: frozenset[str] = frozenset()  # the arguments passed by keyword (jit keys on it)
 
 
 def _unwrap(fun: Any) -> Any:
@@ -119,7 +120,15 @@ def _plain(trace: JitTrace) -> CallView:
     arguments, positions = _bind(trace.signature, trace.args, trace.kwargs)
     static = {positions[i] for i in trace.static_argnums if i in positions}
     static |= {n for n in trace.static_argnames if n in arguments}
-    return CallView(name, location, key, _weakly(trace.fun), arguments, frozenset(static))
+    return CallView(
+        name,
+        location,
+        key,
+        _weakly(trace.fun),
+        arguments,
+        frozenset(static),
+        keywords=frozenset(trace.kwargs),
+    )
 
 
 # --- Equinox: `filter_jit` jits `fun_wrapped(dynamic_donate, dynamic_nodonate, static)` ------
@@ -231,7 +240,15 @@ def _flax(trace: JitTrace, fun: Any) -> CallView:
         pass
     static = {positions[i] for i in trace.static_argnums if i in positions}
     static |= {n for n in trace.static_argnames if n in arguments}
-    return CallView(name, location, key, _weakly(fun), arguments, frozenset(static))
+    return CallView(
+        name,
+        location,
+        key,
+        _weakly(fun),
+        arguments,
+        frozenset(static),
+        keywords=frozenset(trace.kwargs),
+    )
 
 
 def view_of(trace: JitTrace) -> CallView:

@@ -120,6 +120,7 @@ class _Compile:
     trace: _Trace
     sources: dict[str, _Source]  # leaf path -> the compiling call that returned the leaf
     inputs: dict[str, int]  # leaf path -> the jaxpr input it is
+    keywords: frozenset[str]  # the arguments passed by keyword
     flat: _Flat = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -443,6 +444,7 @@ class _Recorder:
                 traced.trace,
                 traced.sources,
                 traced.inputs,
+                view.keywords,
             )
             if history.compiles:
                 recompile = self._explain(history, compile, traced.call_site)
@@ -479,7 +481,14 @@ class _Recorder:
         best, earlier_origins = _origins(best, compile, closest, history.key)
         note = None
         if not best:
-            if not same_function(closest.identity, compile.identity):
+            if closest.keywords != compile.keywords:
+                moved = sorted(closest.keywords ^ compile.keywords)
+                note = (
+                    f"argument{'s' if len(moved) > 1 else ''} {', '.join(moved)} passed by "
+                    "keyword in one call and by position in the other: jit keys its cache on "
+                    "how arguments are passed; pass them the same way"
+                )
+            elif not same_function(closest.identity, compile.identity):
                 note = (
                     "jit was given a new function object (a closure or lambda made anew, "
                     "or jitted again): its cache starts empty; jit it once and reuse it"
@@ -777,10 +786,20 @@ class explain_recompiles(contextlib.ContextDecorator):
     !!! Example
 
         ```python
+        import jax
+        import jax.numpy as jnp
+        import jax_dtypeguard as dg
+
+        step = jax.jit(lambda x: x * 2)
         with dg.explain_recompiles(quiet=True) as report:
-            step = jax.jit(lambda x: x * 2)
             step(1.0)
-            step(jnp.float32(1.0))       # weak float32[] -> float32[]: compiles again
+            step(jnp.float32(1.0))  # a strong float32 where a Python float was
+        (again,) = [f for f in report.functions if f.compiles > 1]
+        print(again.compiles, again.recompiles[0].mismatches[0])
+        ```
+
+        ```text
+        2 x: weak float32[] (Python float) -> float32[]
         ```
     """
 

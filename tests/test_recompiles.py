@@ -449,3 +449,32 @@ def test_make_jaxpr_and_eval_shape_trace_without_compiling():
         jax.eval_shape(cube, jnp.ones(3))
         cube(jnp.ones(4))
     assert _function(report, "cube").compiles == 1
+
+
+def test_an_argument_passed_by_keyword_then_by_position_says_so():
+    @jax.jit
+    def shift(x, by):
+        return x + by
+
+    with dg.explain_recompiles(quiet=True) as report:
+        shift(jnp.ones(2), by=jnp.ones(2))
+        shift(jnp.ones(2), jnp.ones(2))
+    (recompile,) = _function(report, "shift").recompiles
+    assert recompile.mismatches == ()
+    assert recompile.note is not None and recompile.note.startswith(
+        "argument by passed by keyword in one call and by position in the other"
+    )
+
+
+def test_a_compile_without_a_trace_in_the_scope_is_counted_from_jaxs_events():
+    @jax.jit
+    def triple(x):
+        return 3 * x
+
+    lowered = triple.lower(jnp.ones(6))  # traced before the scope
+    with dg.explain_recompiles(quiet=True) as report:
+        lowered.compile()  # compiled within it, without a trace
+    data = report.to_dict()
+    assert data["untraced_compiles"]["count"] == 1
+    assert data["functions"] == []
+    assert "1 compile without a trace by jit in this scope" in str(report)

@@ -246,6 +246,17 @@ def test_the_shared_optimizer_discovery(optax):
     assert found["adam"] is optax.adam
 
 
+def test_the_labels_of_wrapped_transformations_are_a_cache_clear_caches_empties(optax):
+    import jax_dtypeguard as dg
+    from jax_dtypeguard._audit import _optax
+
+    inner = _optax._argument_values(optax)["inner"]()  # the adam a wrapper wraps, labelled
+    assert _optax._describe(inner, optax) == "adam"
+    dg.clear_caches()
+    assert len(_optax._LABELS) == 0
+    assert _optax._describe(inner, optax) is None
+
+
 def test_wrappers_say_what_they_wrap(items):
     for name in (
         "adam",

@@ -30,9 +30,9 @@ class CallView:
     """One jitted call as the user wrote it.
 
     `arguments` maps each parameter name to the value passed (a pytree);
-    `static` names the parameters jit holds static, compared by value;
-    `static_leaves`: whether the non-array leaves of the other arguments are
-    static too (Equinox), rather than traced as weak scalars (`jax.jit`).
+    `static` names the parameters jit holds static, compared by value
+    (Equinox holds every leaf that is no array static: those are marked
+    `EquinoxStatic` in `arguments`).
     """
 
     name: str
@@ -41,7 +41,6 @@ class CallView:
     identity: Any  # the function object itself (weakly, where it can be)
     arguments: dict[str, Any]
     static: frozenset[str]
-    static_leaves: bool = False
     keywords: frozenset[str] = frozenset()  # the arguments passed by keyword (jit keys on it)
 
 
@@ -197,7 +196,7 @@ def _equinox(trace: JitTrace) -> CallView | None:
     except (TypeError, ValueError):
         signature = None
     arguments, _ = _bind(signature, args, kwargs)
-    return CallView(name, location, key, _weakly(_unwrap(fun)), arguments, frozenset(), True)
+    return CallView(name, location, key, _weakly(_unwrap(fun)), arguments, frozenset())
 
 
 # --- Flax NNX: `nnx.jit` jits `JitFn(f)` on graph nodes split into `NodeStates` ------------

@@ -22,8 +22,8 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -46,7 +46,6 @@ from ._recompile_report import (
 from ._signature import LeafSignature, NotALeafError, describe_static, static_equal
 
 _tree = jax.tree_util
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 _ACTIVE: contextvars.ContextVar[tuple[_Recorder, ...]] = contextvars.ContextVar(
     "jax_dtypeguard_explain_recompiles", default=()
@@ -675,6 +674,9 @@ def _observe_run(fun: Any, run: Callable[[], Any]) -> Any:
         result = run()
     finally:
         local.runs -= 1
+        if not local.runs:
+            # The call's lowering and XLA compile are done: later events are another's.
+            local.awaiting.clear()
     traced = local.traced
     if local.runs or traced is None or traced.fun is not fun:
         return result
@@ -821,6 +823,9 @@ class explain_recompiles(contextlib.ContextDecorator):
 
     def __enter__(self) -> RecompileReport:
         _install()
+        if not _LOCAL.runs:  # what earlier calls on this thread left is not this scope's
+            _LOCAL.awaiting.clear()
+            _LOCAL.traced = None
         recorder = _Recorder(self.max_compiles)
         token = _ACTIVE.set((*_ACTIVE.get(), recorder))
         with self._lock:
@@ -833,13 +838,3 @@ class explain_recompiles(contextlib.ContextDecorator):
         _ACTIVE.reset(token)
         if not self.quiet:
             print(RecompileReport(recorder.snapshot), file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _suspended() -> Iterator[None]:
-    """No recording within the block (the explainer's own traces)."""
-    token = _ACTIVE.set(())
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)

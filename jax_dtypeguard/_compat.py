@@ -107,11 +107,6 @@ def flatten_like(treedef: Any, tree: Any) -> list[Any] | None:
         return None
 
 
-def jit_cache_size(jitted: Any) -> int:
-    """How many times a `jax.jit`-wrapped function has compiled."""
-    return jitted._cache_size()
-
-
 def source_frames(source_info: Any) -> list[tuple[str, int, str]]:
     """`(file, line, function)` of every Python frame JAX recorded for a jaxpr equation.
 

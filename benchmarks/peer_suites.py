@@ -240,10 +240,15 @@ def _write_ini(suite: Suite, workdir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _process_group(command: list[str], env: dict[str, str], log: Path) -> Iterator[Any]:
+def _process_group(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> Iterator[Any]:
     with open(log, "w", encoding="utf-8") as output:
         process = subprocess.Popen(
-            command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             yield process
@@ -277,7 +282,8 @@ def _run_pytest(
         [str(workdir), *filter(None, [env.get("PYTHONPATH", ""), str(HERE.parent)])]
     )
     start = time.perf_counter()
-    with _process_group(command, env, workdir / f"{suite.name}-{label}.log") as process:
+    log = workdir / f"{suite.name}-{label}.log"
+    with _process_group(command, env, log, root) as process:
         try:
             exit_code: int | None = process.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
@@ -378,7 +384,6 @@ def _run_suite(suite: Suite, args: argparse.Namespace, workdir: Path) -> dict[st
         (workdir / f"{_OPTAX_PLUGIN}.py").write_text(
             _PLUGIN_SOURCE.format(mode="cast"), encoding="utf-8"
         )
-    os.chdir(root)
     common = {"workers": args.workers, "limit_s": args.limit_minutes * 60}
     runs = [_run_pytest(suite, "plain", root, targets, [], workdir, **common)]
     runs.append(
@@ -462,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--logs", help="copy each run's pytest output into this directory")
     args = parser.parse_args(argv)
+    # Stopped from outside: unwind, so each running pytest's process group is killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     for name in args.suites:
         if name not in SUITES:
             parser.error(f"unknown suite {name!r}: expected any of {', '.join(SUITES)}")
@@ -470,13 +477,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{item!r}: expected NAME=VALUE with NAME one of {', '.join(SUITES)}")
     args.source = [f"{n}={Path(p).resolve()}" for n, p in (s.split("=", 1) for s in args.source)]
     results = []
-    cwd = os.getcwd()
     for name in dict.fromkeys(args.suites or SUITES):
         with tempfile.TemporaryDirectory(prefix=f"peer-{name}-") as workdir:
-            try:
-                results.append(_run_suite(SUITES[name], args, Path(workdir)))
-            finally:
-                os.chdir(cwd)
+            results.append(_run_suite(SUITES[name], args, Path(workdir)))
         print(_markdown(results[-1:]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

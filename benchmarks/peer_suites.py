@@ -44,6 +44,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,6 +64,11 @@ if not any((Path(entry) / "jax_dtypeguard").is_dir() for entry in sys.path[1:] i
     sys.path.insert(1, str(HERE.parent))
 
 _OPTAX_PLUGIN = "peer_suites_optax_invariant"
+_RECOMPILES_PROPERTY = "jax_dtypeguard_recompiles"  # the pytest plugin's per-test property
+# A function's block in an explain_recompiles report: `step (file.py:12): 2 compiles, 0.31 s`.
+_FUNCTION_LINE = re.compile(
+    r"^(?P<name>\S.*?) \((?P<location>[^()]*)\): (?P<compiles>\d+) compiles"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,6 +317,37 @@ def _read_junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return outcomes, messages
 
 
+def _read_recompiles(path: Path) -> dict[str, str]:
+    """Test id -> its `--dtypeguard-recompiles` report (kept as a JUnit property)."""
+    reports = {}
+    for case in ElementTree.parse(path).getroot().iter("testcase"):
+        for prop in case.iter("property"):
+            if prop.get("name") == _RECOMPILES_PROPERTY:
+                test_id = _test_id(case.get("classname", ""), case.get("name", ""))
+                reports[test_id] = prop.get("value", "")
+    return reports
+
+
+def _recompile_summary(reports: dict[str, str], *, top: int = 15) -> dict[str, Any]:
+    """Which functions compiled more than once, in how many tests, at most how often."""
+    functions: dict[tuple[str, str], dict[str, Any]] = {}
+    for test, text in reports.items():
+        for line in text.splitlines():
+            found = _FUNCTION_LINE.match(line)
+            if found is None:
+                continue
+            key = (found["name"], found["location"])
+            entry = functions.setdefault(
+                key, {"function": key[0], "location": key[1], "tests": [], "most_compiles": 0}
+            )
+            entry["tests"].append(test)
+            entry["most_compiles"] = max(entry["most_compiles"], int(found["compiles"]))
+    ranked = sorted(functions.values(), key=lambda entry: (-len(entry["tests"]), entry["function"]))
+    for entry in ranked:
+        entry["example_test"], entry["tests"] = entry["tests"][0], len(entry["tests"])
+    return {"tests_that_compiled_again": len(reports), "functions": ranked[:top]}
+
+
 def _summary(text: str, *, lines: int = 6, width: int = 800) -> str:
     """The first lines of a failure (a drift report's header and mismatches), on one line."""
     kept = [line.strip() for line in text.strip().splitlines() if line.strip()][:lines]
@@ -404,6 +441,10 @@ def _run_suite(suite: Suite, args: argparse.Namespace, workdir: Path) -> dict[st
         for run in runs
     }
     result.update(_compare(runs[0], runs[1]))
+    if args.recompiles:
+        junit = workdir / f"{suite.name}-recompiles.xml"
+        reports = _read_recompiles(junit) if junit.exists() else {}
+        result["recompiles"] = _recompile_summary(reports)
     if args.logs:
         Path(args.logs).mkdir(parents=True, exist_ok=True)
         for log in workdir.glob(f"{suite.name}-*.log"):
@@ -437,6 +478,18 @@ def _markdown(results: list[dict[str, Any]]) -> str:
         lines += [f"- `{item['test']}` ({item['plain']} plain): {item['message']}" for item in new]
         if result["fixed"]:
             lines.append(f"- fixed under the tools: {', '.join(result['fixed'])}")
+        if "recompiles" in result:
+            found = result["recompiles"]
+            lines += [
+                "",
+                f"{result['suite']}: {found['tests_that_compiled_again']} tests compiled a "
+                "jitted function more than once (--dtypeguard-recompiles); most frequent:",
+            ]
+            lines += [
+                f"- `{entry['function']}` ({entry['location']}): in {entry['tests']} tests, "
+                f"up to {entry['most_compiles']} compiles (e.g. `{entry['example_test']}`)"
+                for entry in found["functions"]
+            ]
     return "\n".join(lines)
 
 

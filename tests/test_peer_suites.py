@@ -79,6 +79,34 @@ def test_new_failures_are_those_that_passed_plain():
     assert plain.counts() == {"passed": 2, "failed": 1, "error": 1, "skipped": 1}
 
 
+RECOMPILES = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest">
+  <testcase classname="tests.test_minimise" name="test_a"><properties>
+    <property name="jax_dtypeguard_recompiles" value="header&#10;&#10;step (a.py:3): 3 compiles, 0.20 s&#10;  2nd compile at b.py:9: differs&#10;solve.&lt;locals&gt;.body (c.py:7): 2 compiles, 0.10 s"/>
+  </properties></testcase>
+  <testcase classname="tests.test_minimise" name="test_b"><properties>
+    <property name="jax_dtypeguard_recompiles" value="step (a.py:3): 2 compiles, 0.10 s"/>
+  </properties></testcase>
+  <testcase classname="tests.test_minimise" name="test_c"/>
+</testsuite></testsuites>
+"""
+
+
+def test_recompile_reports_are_read_and_ranked(tmp_path):
+    path = tmp_path / "run.xml"
+    path.write_text(RECOMPILES, encoding="utf-8")
+    reports = peer_suites._read_recompiles(path)
+    assert set(reports) == {"tests/test_minimise.py::test_a", "tests/test_minimise.py::test_b"}
+    summary = peer_suites._recompile_summary(reports)
+    assert summary["tests_that_compiled_again"] == 2
+    assert [
+        (f["function"], f["location"], f["tests"], f["most_compiles"]) for f in summary["functions"]
+    ] == [
+        ("step", "a.py:3", 2, 3),
+        ("solve.<locals>.body", "c.py:7", 1, 2),
+    ]
+
+
 @pytest.mark.slow
 def test_the_generated_plugin_wraps_every_optax_factory(tmp_path):
     pytest.importorskip("optax")

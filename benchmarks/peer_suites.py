@@ -248,18 +248,23 @@ def _write_ini(suite: Suite, workdir: Path) -> Path:
 @contextlib.contextmanager
 def _process_group(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> Iterator[Any]:
     with open(log, "w", encoding="utf-8") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # A SIGTERM while the child starts would leave it running: deliver it after.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        process = None
         try:
+            process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             yield process
         finally:
-            if process.poll() is None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
@@ -277,7 +282,8 @@ def _run_pytest(
 ) -> Run:
     junit = workdir / f"{suite.name}-{label}.xml"
     ini = _write_ini(suite, workdir)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    # Not -q: the log keeps the header that says which tools were on.
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
     command += ["-c", str(ini), "--rootdir", str(root), "--junitxml", str(junit)]
     command += ["--continue-on-collection-errors", "-p", "xdist", "-n", str(workers)]
     for plugin in suite.plugins:

@@ -340,7 +340,7 @@ def _recompile_summary(reports: dict[str, str], *, top: int = 15) -> dict[str, A
     for test, text in reports.items():
         for line in text.splitlines():
             found = _FUNCTION_LINE.match(line)
-            if found is None:
+            if found is None or found["name"] == "Eager JAX calls":  # not a jitted function
                 continue
             key = (found["name"], found["location"])
             entry = functions.setdefault(

@@ -19,6 +19,7 @@ from typing import Any, cast
 import jax
 
 from . import _annotations, _config
+from ._caches import Cache
 from ._call_site import user_frame
 from ._carry_rules import Rule, carry_verdict
 from ._cast import cast_back
@@ -27,7 +28,7 @@ from ._compat import Tracer, flatten_like, hide_from_tracebacks
 from ._config import Mode
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
-from ._signature import NotALeafError, array_keys, flax_nnx, leaf_keys, remember
+from ._signature import NotALeafError, array_keys, flax_nnx, leaf_keys
 
 _tree = jax.tree_util
 # Reports show the user's frames, not this package's: JAX filters these files out of the
@@ -169,8 +170,8 @@ class Guard:
         returned_one = len(plan.states) == 1 and not isinstance(out, str) and compared_as_is
         self._one = (plan.states[0], out) if returned_one and not isinstance(out, str) else None
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
-        self.verdicts: dict[Any, Verdict] = {}
-        self.explained: dict[Any, list[Mismatch]] = {}
+        self.verdicts = Cache()  # eager signatures -> Verdict
+        self.explained = Cache()  # (signatures, mismatches) -> mismatches with origins
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -368,7 +369,7 @@ class Guard:
         except TypeError as error:
             raise TypeError(f"{self.name}: {error}") from None
         if keys is not None:
-            remember(self.verdicts, cache_key, verdict)
+            self.verdicts.remember(cache_key, verdict)
         return verdict
 
     def _explain(
@@ -397,7 +398,7 @@ class Guard:
                 returned = cast(int | None, out)
                 explained = explain(self.fn, parameter, returned, args, kwargs, explained)
         if key is not None:
-            remember(self.explained, key, explained)
+            self.explained.remember(key, explained)
         return explained
 
     def _report(

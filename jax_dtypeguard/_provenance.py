@@ -14,7 +14,6 @@ if inlined.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 
 from . import _compat, _config
+from ._caches import memoized
 from ._call_site import code_directories
 from ._compat import cond_branches, is_literal, loop_layout
 from ._errors import Mismatch, Origin, short_path
@@ -254,7 +254,7 @@ class _Traced:
         return Origin(found.eqn.primitive.name, file, line, function, label)
 
 
-@functools.cache
+@memoized
 def _is_user_file(path: str) -> bool:
     """Not JAX's, not this package's, not the stdlib's (packages installed under it are)."""
     if path.startswith("<frozen"):

@@ -10,25 +10,13 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from ._caches import Cache, register
 from ._compat import Tracer, explicit_sharding, get_aval
 
 _PYTHON_SCALARS = (bool, int, float, complex)
 # Types seen to carry a JAX aval in `.aval` (arrays and tracers), learnt lazily.
-_AVAL_TYPES: set[type] = set()
+_AVAL_TYPES: set[type] = register(set())
 _aval_of = operator.attrgetter("aval")
-
-
-CACHE_LIMIT = 4096
-
-
-def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    """`cache[key] = value`, emptying a full cache first; unhashable keys are not cached."""
-    if len(cache) >= CACHE_LIMIT:
-        cache.clear()
-    try:
-        cache[key] = value
-    except TypeError:
-        pass
 
 
 def flax_nnx() -> Any:
@@ -59,7 +47,7 @@ class NotALeafError(TypeError):
 
 
 # The signatures of the avals seen lately (JAX shares one aval among arrays of one type).
-_BY_AVAL: dict[Any, LeafSignature] = {}
+_BY_AVAL = Cache()
 
 
 class LeafSignature(NamedTuple):
@@ -113,7 +101,7 @@ class LeafSignature(NamedTuple):
         signature = cls(
             tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval)
         )
-        remember(_BY_AVAL, aval, signature)
+        _BY_AVAL.remember(aval, signature)
         return signature
 
     def __str__(self) -> str:

@@ -32,7 +32,7 @@ from ._caches import Cache, WeakCache
 from ._compat import Tracer
 from ._compat import get_shape_memo as _get_shape_memo
 from ._errors import Mismatch
-from ._signature import LeafSignature, NotALeafError, flax_nnx
+from ._signature import ARRAY_TYPES, LeafSignature, NotALeafError, flax_nnx
 
 # --- jaxtyping private API (from _compat). ---------------------------------------
 # The dimension sizes bound so far in the current memo, for messages only.
@@ -65,7 +65,7 @@ _SEQUENCES = (
     collections.abc.Collection,
 )
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
-_LEAVES = (jax.Array, np.ndarray, np.generic, bool, int, float, complex, str, bytes, type(None))
+_LEAVES = (*ARRAY_TYPES, bool, int, float, complex, str, bytes, type(None))
 # TypeVars, and forward references left inside resolved hints (recursive
 # aliases such as chex's `ArrayTree`): checked by value only.
 _OPEN = (typing.TypeVar, typing.ForwardRef)
@@ -259,8 +259,9 @@ def _traced_python_scalar(value: Any, hint: Any) -> bool:
     return aval.shape == () and weak_enough and np.dtype(aval.dtype).kind in kinds
 
 
-class _Walk:
-    """One deep check, collecting mismatches; warnings go through the checker."""
+class _HintWalk:
+    """One walk of a call's values against their hints, collecting mismatches; warnings go
+    through the checker."""
 
     __slots__ = ("checker", "mismatches", "problems", "quiet")
 
@@ -357,7 +358,7 @@ class _Walk:
             return
         unsure = None
         for member in members:
-            trial = _Walk(self.checker, quiet=True)
+            trial = _HintWalk(self.checker, quiet=True)
             trial.walk(path, value, member, text, owner)
             if trial.mismatches:
                 continue
@@ -526,7 +527,7 @@ class _Checker:
     def check(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> list:
         """The full deep check, uncached."""
         plan = self._plan()
-        walk = _Walk(self)
+        walk = _HintWalk(self)
         arguments: dict[str, Any] = {}
         if plan.signature is not None:
             try:

@@ -29,13 +29,12 @@ from ._compat import cond_branches, is_literal, loop_layout
 from ._errors import Mismatch, Origin, short_path
 from ._lineage import Frame, Lineage, OutOfTime, call_jaxpr
 from ._plan import StateParameter, argument_names
-from ._signature import LeafSignature, category, is_static
+from ._signature import ARRAY_TYPES, LeafSignature, category, is_static
 
 _tree = jax.tree_util
 _KINDS = frozenset({"dtype", "weak_type"})
 # Seconds the walks of one report may take (tracing excluded); past it, no origin.
 _TIME_LIMIT = 2.0
-_ARRAY_TYPES = (jax.Array, _compat.Tracer, np.ndarray, np.generic)
 
 
 def explain(
@@ -177,7 +176,7 @@ class _Traced:
         where = []  # (slot index, leaf index) of each dynamic value
         for s, (_, leaves, leaf_labels, is_state) in enumerate(flat):
             for i, leaf in enumerate(leaves):
-                array = isinstance(leaf, _ARRAY_TYPES)
+                array = isinstance(leaf, ARRAY_TYPES)
                 if is_state:
                     if not (array or isinstance(leaf, (bool, int, float, complex))):
                         continue

@@ -14,6 +14,8 @@ from ._caches import Cache, register
 from ._compat import Tracer, explicit_sharding, get_aval
 
 _PYTHON_SCALARS = (bool, int, float, complex)
+# What an array leaf is: a JAX array, a tracer, a NumPy array or a NumPy scalar.
+ARRAY_TYPES = (jax.Array, Tracer, np.ndarray, np.generic)
 # Types seen to carry a JAX aval in `.aval` (arrays and tracers), learnt lazily.
 _AVAL_TYPES: set[type] = register(set())
 _aval_of = operator.attrgetter("aval")
@@ -122,9 +124,7 @@ def is_static(leaf: Any) -> bool:
     Such leaves are static parts of a state, as Equinox treats them: compared
     by equality, never traced or cast.
     """
-    return not isinstance(
-        leaf, (jax.Array, Tracer, np.ndarray, np.generic, jax.ShapeDtypeStruct, *_PYTHON_SCALARS)
-    )
+    return not isinstance(leaf, (*ARRAY_TYPES, jax.ShapeDtypeStruct, *_PYTHON_SCALARS))
 
 
 def static_equal(a: Any, b: Any) -> bool:
@@ -153,7 +153,7 @@ def describe_static(leaf: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class _Static:
+class _StaticKey:
     """A static leaf in a cache key: equal when `static_equal` says so."""
 
     __slots__ = ("value",)
@@ -162,7 +162,7 @@ class _Static:
         self.value = value
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and static_equal(self.value, other.value)
+        return isinstance(other, _StaticKey) and static_equal(self.value, other.value)
 
     def __hash__(self) -> int:
         try:
@@ -178,7 +178,7 @@ def _slow_key(leaf: Any) -> Any:
     if isinstance(leaf, _PYTHON_SCALARS) and not isinstance(leaf, np.generic):
         return type(leaf)
     if is_static(leaf):
-        return _Static(leaf)
+        return _StaticKey(leaf)
     return LeafSignature.of(leaf)
 
 

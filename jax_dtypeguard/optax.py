@@ -11,17 +11,15 @@ import inspect
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 
 from ._call_site import written_argument
 from ._cast import cast_back
-from ._compat import Tracer
 from ._config import effective, validate_mode
 from ._errors import Mismatch, count_of
 from ._guard import Guard, deliver
 from ._plan import CallPlan, StateParameter, describe_location
-from ._signature import LeafSignature, NotALeafError, category
+from ._signature import ARRAY_TYPES, LeafSignature, NotALeafError, category
 
 __all__ = ["invariant"]
 
@@ -49,9 +47,6 @@ def _builder_name(update: Any) -> str:
     """
     name = describe_location(update)[0]
     return name.split(".<locals>.", 1)[0] if ".<locals>." in name else name.rsplit(".", 1)[0]
-
-
-_ARRAYS = (jax.Array, Tracer, np.ndarray, np.generic)
 
 
 def _is_left_out(leaf: Any) -> bool:
@@ -96,7 +91,7 @@ def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> 
         if _is_left_out(leaf):
             continue
         index += 1
-        if not isinstance(param, _ARRAYS) or not isinstance(leaf, _ARRAYS):
+        if not isinstance(param, ARRAY_TYPES) or not isinstance(leaf, ARRAY_TYPES):
             continue
         try:
             got, expected = LeafSignature.of(leaf), LeafSignature.of(param)

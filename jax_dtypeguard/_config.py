@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -260,6 +261,43 @@ def effective(declared_mode: str | None, declared_weak_type: bool) -> tuple[str,
     if config.strict:
         return "check", True
     return resolved, declared_weak_type
+
+
+@dataclasses.dataclass(frozen=True)
+class Configured:
+    """A guard's settings source that follows the configuration: its declared mode and
+    weak_type, with `config`, scopes and strict mode applied at each call."""
+
+    mode: str | None = None
+    weak_type: bool = True
+
+    def now(self) -> tuple[str, bool]:
+        """The (mode, weak_type) of this call."""
+        return effective(self.mode, self.weak_type)
+
+    def strict(self, mode: str) -> bool:
+        """Whether strict mode made this call's check (read on report only)."""
+        return mode == "check" and config.strict
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """A guard's settings source that ignores the configuration (the testing assertions
+    check what they are asked; the loop hook's scope chose its mode); `strict` says
+    whether strict mode chose it, for the reports."""
+
+    mode: str = "check"
+    weak_type: bool = True
+    made_strict: bool = False
+
+    def now(self) -> tuple[str, bool]:
+        return self.mode, self.weak_type
+
+    def strict(self, mode: str) -> bool:
+        return self.made_strict
+
+
+Settings = Configured | Fixed
 
 
 class LoopSettings(NamedTuple):

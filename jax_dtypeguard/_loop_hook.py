@@ -28,26 +28,23 @@ from . import _config
 from ._call_site import user_frame
 from ._carry_rules import accepted_scalars, carry_verdict
 from ._cast import cast_back
+from ._comparisons import LoopRule
 from ._compat import (
     equinox_common_rewrite,
     equinox_loop_imported,
     equinox_loop_rewrites,
     set_equinox_loop_rewrite,
 )
-from ._errors import (
-    Mismatch,
-    StateDtypeError,
-    count_of,
-    format_report,
-    short_path,
-)
-from ._guard import Guard, deliver, guarded_callable
+from ._config import Fixed
+from ._delivery import deliver
+from ._errors import Report, StateDtypeError, short_path
+from ._guard import Guard, Reporting
+from ._guarded import guarded_callable, is_guarded
 from ._plan import CallPlan, StateParameter, describe_location, parameter_name
 from ._provenance import explain
 from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
-_NO_OPERAND = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +91,6 @@ def _context(form: str, scalars: list[str]) -> list[str]:
     return lines
 
 
-def _branch_message(
-    header: str, fn: Callable[..., Any], root: str, mismatches: list[Mismatch], mode: str, form: str
-) -> str:
-    name, location = describe_location(fn)
-    strict = mode == "check" and _config.config.strict
-    lines = format_report(name, location, root, mismatches, mode, strict).split("\n")
-    return "\n".join([header, *lines[1:-1], *_context(form, []), lines[-1]])
-
-
 # --------------------------------------------------------------------------------------------
 # Bodies
 
@@ -125,22 +113,22 @@ def _carry_guard(
     guard = Guard(
         fn,
         CallPlan.single(parameter, out),
-        mode=settings.mode,  # type: ignore[arg-type]
-        weak_type=settings.weak_type,
+        comparison=LoopRule("lax"),
+        settings=Fixed(
+            settings.mode,
+            settings.weak_type,
+            made_strict=settings.mode == "check" and _config.config.strict,
+        ),
+        reporting=Reporting(notes=notes),
         annotations=False,
-        follows_config=False,
-        strict=settings.mode == "check" and _config.config.strict,
-        rule="lax",
-        notes=notes,
     )
     return guarded_callable(guard)
 
 
 def _already_guarded(fn: Any) -> bool:
-    """A `dg.lax` body, a decorated function, or one of this hook's guards."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return any(hasattr(fn, attribute) for attribute in ("__dtypeguard__", "_guard", _EQUINOX_MARK))
+    """A guarded function (`dg.lax` body, decorated function, this hook's guard), or a body
+    Equinox rewrote around one of this hook's guards."""
+    return is_guarded(fn) or hasattr(fn, _EQUINOX_MARK)
 
 
 def _as_is(
@@ -323,7 +311,7 @@ def _report_branches(
     else:
         base_name, base_location = describe_location(records[0].fn)
         other = f"{names[0]} {base_name} ({base_location})"
-    texts, found = [], []
+    reports = []
     state = (
         StateParameter(root, position=0)
         if len(operands) == 1
@@ -335,20 +323,26 @@ def _report_branches(
         if reference is not None:
             mismatches = explain(fn, state, None, records[i].args, {}, mismatches)
         fn_name, location = describe_location(fn)
-        header = (
-            f"{names[i]} {fn_name} ({location}) returns other types than {other} "
-            f"({count_of(mismatches)}):"
+        report = Report(
+            fn_name,
+            location,
+            tuple(mismatches),
+            mode,
+            strict=mode == "check" and _config.config.strict,
+            states=(root,),
+            role=names[i],
+            what=f"returns other types than {other}",
+            notes=tuple(_context(name, [])),
         )
-        texts.append(_branch_message(header, fn, root, mismatches, mode, name))
-        found += mismatches
+        reports.append(report)
+    trailer = None
     if mode == "cast" and target is None:
-        texts.append(
+        trailer = (
             "No branch keeps the operands' types and no dtype is the narrowest of the "
             "branches', so cast mode cannot choose the types to cast to: make the branches "
             "return one type."
         )
-    fn_name = describe_location(records[disagreeing[0][0]].fn)[0]
-    deliver("\n".join(texts), found, fn_name, mode)
+    deliver(*reports, trailer=trailer)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,14 +12,16 @@ import functools
 import types
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import jax
 
 from ._caches import Cache
 from ._carry_rules import Rule
-from ._config import Mode, effective, validate_mode
-from ._guard import Guard, guarded_callable
+from ._comparisons import LoopRule
+from ._config import Configured, effective, validate_mode
+from ._guard import Guard
+from ._guarded import guarded_callable
 from ._plan import CallPlan, StateParameter
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
@@ -64,14 +66,16 @@ def _guard(
     if not callable(fn):
         raise TypeError(f"{role} must be a function; got {type(fn).__name__} {fn!r:.80}.")
     plan = CallPlan.single(make_state(fn), out)
-    guard_for = functools.partial(Guard, fn, plan, mode=cast(Mode, mode), rule=rule)
+    guard_for = functools.partial(
+        Guard, fn, plan, comparison=LoopRule(rule), settings=Configured(mode)
+    )
     if isinstance(fn, types.MethodType):  # a new object on each attribute access
-        return guard_for().__call__
+        return guarded_callable(guard_for())
     fn_id = id(fn)
     try:
         reference = weakref.ref(fn, lambda ref: _forget(fn_id, ref))
     except TypeError:  # not weakly referenceable: no caching
-        return guard_for().__call__
+        return guarded_callable(guard_for())
     guard = guard_for(hold_weakly=True)
     guarded = guarded_callable(guard)
     if guard.annotations is not None:  # its checker holds `fn`: caching it would leak `fn`

@@ -15,9 +15,10 @@ import optax
 
 from ._call_site import written_argument
 from ._cast import cast_back
-from ._config import effective, validate_mode
-from ._errors import Mismatch, count_of
-from ._guard import Guard, deliver
+from ._config import Configured, Mode, effective, validate_mode
+from ._delivery import deliver
+from ._errors import Mismatch, Report
+from ._guard import Guard, Reporting
 from ._plan import CallPlan, StateParameter, describe_location
 from ._signature import ARRAY_TYPES, LeafSignature, NotALeafError, category
 
@@ -163,16 +164,16 @@ class _ParamsCheck:
         what: str,
         remedy: str,
     ) -> None:
-        count = count_of(mismatches)
-        lines = [f"{self.name} ({self.location}) {what} ({count}):"]
-        for mismatch in mismatches:
-            param = comparison.param_paths[mismatch.path]
-            line = f"  {mismatch.path}: {mismatch.got} but {param} is {mismatch.expected}"
-            if mismatch.origin is not None:
-                line += f"  ({mismatch.origin})"
-            lines.append(line)
-        lines.append(self.hint(mismatches, comparison, mode, remedy))
-        deliver("\n".join(lines), mismatches, self.name, mode)
+        report = Report(
+            self.name,
+            self.location,
+            tuple(mismatches),
+            mode,
+            what=what,
+            against=comparison.param_paths,
+            hint=self.hint(mismatches, comparison, mode, remedy),
+        )
+        deliver(report)
 
     def hint(
         self, mismatches: list[Mismatch], comparison: _ParamsComparison, mode: str, remedy: str
@@ -214,7 +215,7 @@ def _value_fn_at_params_types(value_fn: Any, params: Any, guard: _ParamsCheck) -
     return value_fn_at_params_types
 
 
-def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) -> Any:
+def invariant(tx: Any, *, mode: Mode | None = "cast", updates: Mode | None = None) -> Any:
     """An Optax transformation whose `update` keeps the optimizer state's types.
 
     Each `update(updates, opt_state, params=None, **extra_args)` is guarded
@@ -280,9 +281,9 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) ->
     state_guard = Guard(
         inner.update,
         CallPlan.single(StateParameter.argument("opt_state", 1, "state", None), out=1),
-        mode=mode,  # type: ignore[arg-type]
+        settings=Configured(mode),
+        reporting=Reporting(title=(name, location)),
         annotations=False,
-        title=(name, location),
     )
     params_guard = _ParamsCheck(
         updates if updates is not None else mode, updates is not None, name, location

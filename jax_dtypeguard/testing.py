@@ -15,7 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._comparisons import partitioned_by
 from ._compat import enable_x64
+from ._config import Fixed
 from ._decorator import _validate
 from ._errors import Mismatch, StateDtypeError
 from ._guard import Guard
@@ -208,7 +210,7 @@ def assert_state_dtype_invariant(
     _validate("check", weak_type, True, None, None)
     call_args = _insert_parts(args, positions, parts)
     plan = _state_plan(fn, state_arg, out)
-    guard = Guard(fn, plan, mode="check", weak_type=weak_type, follows_config=False, traced=traced)
+    guard = Guard(fn, plan, comparison=partitioned_by(traced), settings=Fixed("check", weak_type))
     inputs, rebuild = _split_static((call_args, kwargs), traced)
 
     def run(values: list[Any]) -> Any:

@@ -18,8 +18,8 @@ from jax_dtypeguard import (
     _annotations,
     _caches,
     _call_site,
+    _comparisons,
     _errors,
-    _guard,
     _plan,
     _provenance,
     _signature,
@@ -106,7 +106,7 @@ def count_calls(monkeypatch, module, name):
 
 
 def test_a_verdict_is_computed_again_after_clearing(monkeypatch):
-    compared = count_calls(monkeypatch, _guard, "compare_states")
+    compared = count_calls(monkeypatch, _comparisons, "compare_states")
     guarded = state_dtype_invariant(lambda s: s * jnp.float32(2), mode="cast")
     state = jnp.ones(2, jnp.float16)
     for _ in range(3):

@@ -11,8 +11,9 @@ import pytest
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, StateDtypeWarning, state_dtype_invariant
-from jax_dtypeguard._compat import enable_x64, source_frames
+from jax_dtypeguard._compat import source_frames
 from jax_dtypeguard._errors import short_path
+from jax_dtypeguard.testing import x64_for
 
 HERE = short_path(__file__)
 with open(__file__) as _source:
@@ -48,7 +49,7 @@ def test_argument_promotes_state(transform):
         "vmap": jax.vmap(step_value, in_axes=(0, None)),
     }[transform]
     state = jnp.ones((2, 3) if transform == "vmap" else 3, jnp.float16)
-    with enable_x64(True):
+    with x64_for("float64"):
         error, (origin,) = origins(call, state, jnp.float64(2))
     assert origin == dg.Origin("add", HERE, line_of("value promotes"), "step_value", "value")
     expected = (

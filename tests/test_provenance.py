@@ -15,6 +15,9 @@ from jax_dtypeguard._compat import source_frames
 from jax_dtypeguard._errors import short_path
 from jax_dtypeguard.testing import x64_for
 
+# Check-mode behaviour: .ci/run runs this module again under --dtypeguard-strict.
+pytestmark = pytest.mark.check_mode
+
 HERE = short_path(__file__)
 with open(__file__) as _source:
     _LINES = _source.read().splitlines()
@@ -73,6 +76,7 @@ def test_message_line_without_argument():
     assert expected in str(error).splitlines()
 
 
+@pytest.mark.dtypeguard_strict(False)  # about cast/warn mode, which strict mode turns to check
 def test_warn_mode_reports_origin():
     @state_dtype_invariant(mode="warn")
     def step(state, grad):
@@ -370,6 +374,7 @@ def test_no_origin_for_shape_or_structure():
     assert kinds["structure"] is None
 
 
+@pytest.mark.dtypeguard_strict(False)  # about cast/warn mode, which strict mode turns to check
 def test_reported_warnings_of_inner_guards_are_not_repeated():
     @state_dtype_invariant(mode="warn")
     def inner(s):

@@ -20,7 +20,7 @@ OutSpec = int | tuple[int, ...] | None
 InplaceSpec = bool | int | str | tuple[int | str, ...]
 
 
-def _validate(
+def validate_options(
     mode: object,
     weak_type: object,
     annotations: object,
@@ -135,7 +135,7 @@ def state_dtype_invariant(
         assert step(jnp.ones(3, jnp.float16), 0.1).dtype == jnp.float16
         ```
     """
-    _validate(mode, weak_type, annotations, out, state, inplace)
+    validate_options(mode, weak_type, annotations, out, state, inplace)
     if fn is None:
         return functools.partial(
             state_dtype_invariant,

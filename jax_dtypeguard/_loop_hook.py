@@ -35,7 +35,7 @@ from ._compat import (
     equinox_loop_rewrites,
     set_equinox_loop_rewrite,
 )
-from ._config import Fixed
+from ._config import Fixed, Mode
 from ._delivery import deliver
 from ._errors import Report, StateDtypeError, short_path
 from ._guard import Guard, Reporting
@@ -439,6 +439,19 @@ def uninstall() -> None:
         _equinox_patched[0] = False
 
 
+_held_for_config = [False]
+
+
+def follow_config() -> None:
+    """Keeps the hook on while `config.loops` guards the whole program, and no longer."""
+    with _lock:
+        on = _config.config.loops_default is not None
+        if on == _held_for_config[0]:
+            return
+        _held_for_config[0] = on
+    install() if on else uninstall()
+
+
 class guard_loops(contextlib.ContextDecorator):
     """Guards every loop and branch called through `jax.lax` within the block.
 
@@ -494,7 +507,7 @@ class guard_loops(contextlib.ContextDecorator):
         ```
     """
 
-    def __init__(self, mode: str = "check", weak_type: bool = False) -> None:
+    def __init__(self, *, mode: Mode = "check", weak_type: bool = False) -> None:
         _config.validate_mode(mode)
         if not isinstance(weak_type, bool):
             raise TypeError(f"weak_type must be True or False; got {weak_type!r}.")
@@ -502,7 +515,7 @@ class guard_loops(contextlib.ContextDecorator):
         self._tokens: list[Any] = []
 
     def _recreate_cm(self) -> guard_loops:  # a fresh scope per decorated call (threads)
-        return guard_loops(*self.settings)
+        return guard_loops(mode=self.settings.mode, weak_type=self.settings.weak_type)  # type: ignore[arg-type]
 
     def __enter__(self) -> None:
         install()

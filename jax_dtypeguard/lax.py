@@ -19,7 +19,7 @@ import jax
 from ._caches import Cache
 from ._carry_rules import Rule
 from ._comparisons import LoopRule
-from ._config import Configured, effective, validate_mode
+from ._config import Configured, Mode, effective, validate_mode
 from ._guard import Guard
 from ._guarded import guarded_callable
 from ._plan import CallPlan, StateParameter
@@ -100,7 +100,7 @@ def while_loop(
     body_fun: Callable[[Any], Any],
     init_val: Any,
     *,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.while_loop` whose `body_fun` keeps `init_val`'s types.
 
@@ -142,7 +142,7 @@ def fori_loop(
     init_val: Any,
     *,
     unroll: int | bool | None = None,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.fori_loop` whose `body_fun(i, val)` keeps `init_val`'s types.
 
@@ -182,7 +182,7 @@ def scan(
     reverse: bool = False,
     unroll: int | bool = 1,
     *,
-    mode: str = "cast",
+    mode: Mode = "cast",
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """`jax.lax.scan` whose `f(carry, x) -> (carry, y)` keeps `init`'s types.
@@ -237,7 +237,7 @@ def cond(
     false_fun: Callable[..., Any],
     *operands: Any,
     operand: Any = _NO_OPERAND,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.cond` whose branches return their operands' types.
 
@@ -289,7 +289,7 @@ def switch(
     branches: Sequence[Callable[..., Any]],
     *operands: Any,
     operand: Any = _NO_OPERAND,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.switch` whose branches return their operands' types.
 

@@ -15,12 +15,13 @@ import optax
 
 from ._call_site import written_argument
 from ._cast import cast_back
+from ._compare import compare_leaves
 from ._config import Configured, Mode, effective, validate_mode
 from ._delivery import deliver
 from ._errors import Mismatch, Report
 from ._guard import Guard, Reporting
 from ._plan import CallPlan, StateParameter, describe_location
-from ._signature import ARRAY_TYPES, LeafSignature, NotALeafError, category
+from ._signature import ARRAY_TYPES, LeafSignature
 
 __all__ = ["invariant"]
 
@@ -77,7 +78,8 @@ def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> 
     `None` and `optax.MaskedNode` leaves (updates that `add_decayed_weights`
     or `optax.masked` leave out) and leaves whose param is a Python scalar or
     no array are not compared. A dtype change within a kind (float <-> float,
-    int <-> int, complex <-> complex) is castable; a shape or kind change is not.
+    int <-> int, complex <-> complex) is castable, to the param's type; a shape,
+    sharding or kind change is not (`compare_leaves`, as for a state).
     """
     comparison = _ParamsComparison()
     entries, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_left_out)
@@ -94,25 +96,12 @@ def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> 
         index += 1
         if not isinstance(param, ARRAY_TYPES) or not isinstance(leaf, ARRAY_TYPES):
             continue
-        try:
-            got, expected = LeafSignature.of(leaf), LeafSignature.of(param)
-        except NotALeafError:
-            continue
         keypath = jax.tree_util.keystr(path)
-        path_here, param_path = root + keypath, "params" + keypath
-        found = []
-        if got.shape != expected.shape:
-            found.append((Mismatch(path_here, "shape", str(expected), str(got)), False))
-        if got.dtype != expected.dtype:
-            same_kind = category(got.dtype) == category(expected.dtype)
-            found.append((Mismatch(path_here, "dtype", str(expected), str(got)), same_kind))
-        if weak_type and got.weak_type != expected.weak_type:
-            found.append((Mismatch(path_here, "weak_type", str(expected), str(got)), True))
-        for mismatch, castable in found:
-            comparison.add(mismatch, param_path, castable and all(c for _, c in found))
-        if found and all(castable for _, castable in found):
-            weak = expected.weak_type if weak_type else got.weak_type
-            comparison.casts.append((index, expected._replace(weak_type=weak)))
+        found, target = compare_leaves(root + keypath, param, leaf, weak_type)
+        for mismatch in found:
+            comparison.add(mismatch, "params" + keypath, target is not None)
+        if target is not None:
+            comparison.casts.append((index, target))
     return comparison
 
 

@@ -60,7 +60,7 @@ def fill_every_cache() -> dict[str, object]:
         "guarded loop bodies": dl._CACHE,
         "short source paths": _errors._short_path.cache,  # type: ignore[attr-defined]
         "code directories": _call_site.code_directories.cache,  # type: ignore[attr-defined]
-        "user files": _provenance._is_user_file.cache,  # type: ignore[attr-defined]
+        "user files": _provenance.is_user_file.cache,  # type: ignore[attr-defined]
     }
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ast
-import functools
 import linecache
 import os
 import site
@@ -13,10 +12,11 @@ import types
 
 import jax
 
+from ._caches import memoized
 from ._errors import short_path
 
 
-@functools.cache
+@memoized
 def code_directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Directories of JAX (and this package), of the stdlib, of installed packages."""
     import jaxlib

@@ -1,4 +1,4 @@
-"""The one place that touches private or version-dependent JAX (and jaxtyping) APIs.
+"""The one place that touches private or version-dependent JAX (and jaxtyping, Equinox) APIs.
 
 Supported: jax 0.4.38 up to the newest release. `tests/test_compat.py` fails
 loudly if JAX moves anything used here.
@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -350,3 +351,39 @@ def compile_events() -> dict[str, str]:
 def listen_to_durations(listener: Callable[..., None]) -> None:
     """Registers `listener(event, seconds, **metadata)` for JAX's duration events, for good."""
     jax.monitoring.register_event_duration_secs_listener(listener)
+
+
+# --- Equinox's internal while loop ------------------------------------------------------------
+# `equinox.internal.while_loop` (used by Optimistix, Diffrax and Lineax) does not call
+# `jax.lax.while_loop` with the user's body: each of its loop modules first passes
+# `(cond_fun, body_fun, init_val, ...)` through `common_rewrite`, which returns
+# `(cond_fun, body_fun, init_val, buffers)` for JAX. `guard_loops` wraps that function
+# in each module; `tests/test_compat.py` fails loudly if Equinox moves or reshapes it.
+
+_EQUINOX_LOOP = "equinox.internal._loop"
+_EQUINOX_LOOP_MODULES = ("loop", "bounded", "checkpointed")
+
+
+def equinox_loop_imported() -> bool:
+    """Whether the program has imported Equinox's internal while loop (never imports it)."""
+    return f"{_EQUINOX_LOOP}.common" in sys.modules
+
+
+def equinox_common_rewrite() -> Callable[..., Any] | None:
+    """Equinox's own `common_rewrite`, or None when its loop is not imported."""
+    return getattr(sys.modules.get(f"{_EQUINOX_LOOP}.common"), "common_rewrite", None)
+
+
+def equinox_loop_rewrites() -> dict[str, Callable[..., Any]]:
+    """The `common_rewrite` each imported Equinox loop module calls now, by module name."""
+    rewrites = {}
+    for name in _EQUINOX_LOOP_MODULES:
+        current = getattr(sys.modules.get(f"{_EQUINOX_LOOP}.{name}"), "common_rewrite", None)
+        if current is not None:
+            rewrites[name] = current
+    return rewrites
+
+
+def set_equinox_loop_rewrite(name: str, rewrite: Callable[..., Any]) -> None:
+    """Makes Equinox's loop module `name` (a key of `equinox_loop_rewrites()`) call `rewrite`."""
+    sys.modules[f"{_EQUINOX_LOOP}.{name}"].common_rewrite = rewrite  # type: ignore[attr-defined]

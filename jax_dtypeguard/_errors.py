@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from ._caches import memoized
 from ._signature import category
 
 Kind = Literal["structure", "shape", "dtype", "weak_type", "sharding", "annotation", "static"]
@@ -280,7 +280,7 @@ def short_path(path: str) -> str:
     return _short_path(path, os.getcwd())
 
 
-@functools.lru_cache(maxsize=1024)
+@memoized
 def _short_path(path: str, cwd: str) -> str:
     marker = "site-packages" + os.sep
     if marker in path:

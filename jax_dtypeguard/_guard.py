@@ -20,6 +20,7 @@ from typing import Any, cast
 import jax
 
 from . import _annotations
+from ._caches import Cache
 from ._cast import cast_back
 from ._compare import OK, Verdict
 from ._comparisons import EXACT, Comparison
@@ -29,7 +30,7 @@ from ._delivery import deliver
 from ._errors import Mismatch, Report
 from ._nnx import as_tree, is_graph_node, returning, write_back
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
-from ._signature import NotALeafError, array_keys, leaf_keys, remember
+from ._signature import NotALeafError, array_keys, leaf_keys
 
 _tree = jax.tree_util
 # Reports show the user's frames, not this package's: JAX filters these files out of the
@@ -135,8 +136,8 @@ class Guard:
         keyed = returned_one and comparison.keyed
         self._one = (plan.states[0], out) if keyed and not isinstance(out, str) else None
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
-        self.verdicts: dict[Any, Verdict] = {}
-        self.explained: dict[Any, list[Mismatch]] = {}
+        self.verdicts = Cache()  # eager signatures -> Verdict
+        self.explained = Cache()  # (signatures, mismatches) -> mismatches with origins
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -314,7 +315,7 @@ class Guard:
         except TypeError as error:
             raise TypeError(f"{self.name}: {error}") from None
         if keys is not None:
-            remember(self.verdicts, key, verdict)
+            self.verdicts.remember(key, verdict)
         return verdict
 
     def _explain(
@@ -343,7 +344,7 @@ class Guard:
                 returned = cast(int | None, out)
                 explained = explain(self.fn, parameter, returned, args, kwargs, explained)
         if key is not None:
-            remember(self.explained, key, explained)
+            self.explained.remember(key, explained)
         return explained
 
     def _report(

@@ -29,6 +29,12 @@ from ._call_site import user_frame
 from ._carry_rules import accepted_scalars, carry_verdict
 from ._cast import cast_back
 from ._comparisons import LoopRule
+from ._compat import (
+    equinox_common_rewrite,
+    equinox_loop_imported,
+    equinox_loop_rewrites,
+    set_equinox_loop_rewrite,
+)
 from ._config import Fixed, Mode
 from ._delivery import deliver
 from ._errors import Report, StateDtypeError, short_path
@@ -363,24 +369,18 @@ def _equinox_rewrite(original: Callable[..., Any]) -> Callable[..., Any]:
 # Set on Equinox's rewritten bodies: the user's body inside is guarded already, so the
 # `jax.lax` loop Equinox hands them to is not guarded again.
 _EQUINOX_MARK = "__dtypeguard_equinox__"
-_EQUINOX_MODULES = ("loop", "bounded", "checkpointed")
 
 
 def _patch_equinox(install: bool) -> None:
-    common = sys.modules.get("equinox.internal._loop.common")
-    if common is None:
+    original = equinox_common_rewrite()
+    if original is None:
         return
-    original = getattr(common, "common_rewrite", None)
-    for suffix in _EQUINOX_MODULES:
-        module = sys.modules.get(f"equinox.internal._loop.{suffix}")
-        current = getattr(module, "common_rewrite", None)
-        if module is None or current is None:
-            continue
+    for module, current in equinox_loop_rewrites().items():
         hooked = getattr(current, "__dtypeguard_hook__", None)
         if install and hooked is None and current is original:
-            module.common_rewrite = _equinox_rewrite(current)  # type: ignore[attr-defined]
+            set_equinox_loop_rewrite(module, _equinox_rewrite(current))
         elif not install and hooked is not None:
-            module.common_rewrite = hooked  # type: ignore[attr-defined]
+            set_equinox_loop_rewrite(module, hooked)
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,7 +395,7 @@ def _hook(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         settings = _config.loop_settings()
         if settings is None:
             return original(*args, **kwargs)
-        if not _equinox_patched[0] and "equinox.internal._loop.common" in sys.modules:
+        if not _equinox_patched[0] and equinox_loop_imported():
             _patch_equinox(True)
             _equinox_patched[0] = True
         return handle(name, original, settings, args, kwargs)
@@ -419,7 +419,7 @@ def install() -> None:
             current = getattr(jax.lax, name)
             if getattr(current, "__dtypeguard_hook__", None) is None:
                 setattr(jax.lax, name, _hook(name, current))
-        if "equinox.internal._loop.common" in sys.modules:
+        if equinox_loop_imported():
             _patch_equinox(True)
             _equinox_patched[0] = True
 

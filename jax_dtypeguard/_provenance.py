@@ -14,7 +14,6 @@ if inlined.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -24,18 +23,18 @@ import jax
 import numpy as np
 
 from . import _compat, _config
+from ._caches import memoized
 from ._call_site import code_directories
 from ._compat import cond_branches, is_literal, loop_layout
 from ._errors import Mismatch, Origin, short_path
 from ._lineage import Frame, Lineage, OutOfTime, call_jaxpr
 from ._plan import StateParameter, argument_names
-from ._signature import LeafSignature, category, is_static
+from ._signature import ARRAY_TYPES, LeafSignature, category, is_static
 
 _tree = jax.tree_util
 _KINDS = frozenset({"dtype", "weak_type"})
 # Seconds the walks of one report may take (tracing excluded); past it, no origin.
 _TIME_LIMIT = 2.0
-_ARRAY_TYPES = (jax.Array, _compat.Tracer, np.ndarray, np.generic)
 
 
 def explain(
@@ -177,7 +176,7 @@ class _Traced:
         where = []  # (slot index, leaf index) of each dynamic value
         for s, (_, leaves, leaf_labels, is_state) in enumerate(flat):
             for i, leaf in enumerate(leaves):
-                array = isinstance(leaf, _ARRAY_TYPES)
+                array = isinstance(leaf, ARRAY_TYPES)
                 if is_state:
                     if not (array or isinstance(leaf, (bool, int, float, complex))):
                         continue
@@ -254,7 +253,7 @@ class _Traced:
         return Origin(found.eqn.primitive.name, file, line, function, label)
 
 
-@functools.cache
+@memoized
 def is_user_file(path: str) -> bool:
     """Not JAX's, not this package's, not the stdlib's (packages installed under it are)."""
     if path.startswith("<frozen"):

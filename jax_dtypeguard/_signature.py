@@ -10,25 +10,15 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from ._caches import Cache, register
 from ._compat import Tracer, explicit_sharding, get_aval
 
 _PYTHON_SCALARS = (bool, int, float, complex)
+# What an array leaf is: a JAX array, a tracer, a NumPy array or a NumPy scalar.
+ARRAY_TYPES = (jax.Array, Tracer, np.ndarray, np.generic)
 # Types seen to carry a JAX aval in `.aval` (arrays and tracers), learnt lazily.
-_AVAL_TYPES: set[type] = set()
+_AVAL_TYPES: set[type] = register(set())
 _aval_of = operator.attrgetter("aval")
-
-
-CACHE_LIMIT = 4096
-
-
-def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    """`cache[key] = value`, emptying a full cache first; unhashable keys are not cached."""
-    if len(cache) >= CACHE_LIMIT:
-        cache.clear()
-    try:
-        cache[key] = value
-    except TypeError:
-        pass
 
 
 def flax_nnx() -> Any:
@@ -59,7 +49,7 @@ class NotALeafError(TypeError):
 
 
 # The signatures of the avals seen lately (JAX shares one aval among arrays of one type).
-_BY_AVAL: dict[Any, LeafSignature] = {}
+_BY_AVAL = Cache()
 
 
 class LeafSignature(NamedTuple):
@@ -113,7 +103,7 @@ class LeafSignature(NamedTuple):
         signature = cls(
             tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval)
         )
-        remember(_BY_AVAL, aval, signature)
+        _BY_AVAL.remember(aval, signature)
         return signature
 
     def __str__(self) -> str:
@@ -134,9 +124,7 @@ def is_static(leaf: Any) -> bool:
     Such leaves are static parts of a state, as Equinox treats them: compared
     by equality, never traced or cast.
     """
-    return not isinstance(
-        leaf, (jax.Array, Tracer, np.ndarray, np.generic, jax.ShapeDtypeStruct, *_PYTHON_SCALARS)
-    )
+    return not isinstance(leaf, (*ARRAY_TYPES, jax.ShapeDtypeStruct, *_PYTHON_SCALARS))
 
 
 def split_traced(
@@ -184,7 +172,7 @@ def describe_static(leaf: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class _Static:
+class _StaticKey:
     """A static leaf in a cache key: equal when `static_equal` says so."""
 
     __slots__ = ("value",)
@@ -193,7 +181,7 @@ class _Static:
         self.value = value
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and static_equal(self.value, other.value)
+        return isinstance(other, _StaticKey) and static_equal(self.value, other.value)
 
     def __hash__(self) -> int:
         try:
@@ -209,7 +197,7 @@ def _slow_key(leaf: Any) -> Any:
     if isinstance(leaf, _PYTHON_SCALARS) and not isinstance(leaf, np.generic):
         return type(leaf)
     if is_static(leaf):
-        return _Static(leaf)
+        return _StaticKey(leaf)
     return LeafSignature.of(leaf)
 
 

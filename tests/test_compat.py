@@ -1,5 +1,7 @@
 """Fails loudly if JAX moves a private API that jax_dtypeguard relies on."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -219,3 +221,37 @@ def test_compile_events_are_named_as_jax_records_them():
     jax.jit(lambda x: x - 7)(jnp.ones(19))
     listening.clear()
     assert {events[e] for e in recorded if e in events} >= {"lower", "compile"}
+
+
+def test_equinox_loop_internals_are_where_guard_loops_patches_them():
+    """`guard_loops` wraps the `common_rewrite` that Equinox's internal while loop calls in
+    each of its loop modules: if Equinox moves or reshapes it, this fails, not a user's loop."""
+    eqxi = pytest.importorskip("equinox.internal")
+    assert _compat.equinox_loop_imported(), "equinox.internal no longer imports its _loop"
+    original = _compat.equinox_common_rewrite()
+    assert callable(original), "Equinox moved equinox.internal._loop.common.common_rewrite"
+    parameters = list(inspect.signature(original).parameters)
+    assert parameters[:3] == ["cond_fun", "body_fun", "init_val"], parameters
+    rewrites = _compat.equinox_loop_rewrites()
+    assert set(rewrites) == {"loop", "bounded", "checkpointed"}, "Equinox's loop modules moved"
+    assert all(rewrite is original for rewrite in rewrites.values())
+
+    # It returns (cond_fun, body_fun, init_val, ...) for JAX: the body at index 1.
+    rewritten = original(lambda x: x < 3, lambda x: x + 1, jnp.int32(0), None, None, False)
+    cond_fun, body_fun, init_val = rewritten[:3]
+    assert jax.lax.while_loop(cond_fun, body_fun, init_val)[-1] == 3
+
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    _compat.set_equinox_loop_rewrite("bounded", wrapper)
+    try:
+        assert _compat.equinox_loop_rewrites()["bounded"] is wrapper
+        out = eqxi.while_loop(lambda x: x < 3, lambda x: x + 1, 0, max_steps=5, kind="bounded")
+        assert out == 3 and calls, "Equinox's bounded loop no longer calls common_rewrite"
+    finally:
+        _compat.set_equinox_loop_rewrite("bounded", original)
+    assert _compat.equinox_loop_rewrites()["bounded"] is original

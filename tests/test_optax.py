@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard._compat import enable_x64, get_aval
+from jax_dtypeguard._compat import get_aval
+from jax_dtypeguard.testing import x64_for
 
 optax = pytest.importorskip("optax")
 from jax_dtypeguard.optax import invariant  # noqa: E402
@@ -635,7 +636,7 @@ def test_the_sweep_covers_optax():
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("name", sweep_params(optax_optimizers()))
 def test_every_optimizer_keeps_its_state_types_and_compiles_once(name, dtype):
-    with enable_x64(dtype == "float64"), warnings.catch_warnings():
+    with x64_for(dtype), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         compiles, init, final = sweep_run(name, jnp.dtype(dtype))
     assert types(final) == types(init)

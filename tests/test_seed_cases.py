@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard._compat import enable_x64, get_aval
+from jax_dtypeguard._compat import get_aval
+from jax_dtypeguard.testing import x64_for
 
 optax = pytest.importorskip("optax")
 from jax_dtypeguard.optax import invariant  # noqa: E402
@@ -51,7 +52,7 @@ def lbfgs_in_while_loop(tx, dtype, steps=6):
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=["float16", "bfloat16"])
 def test_invariant_lbfgs_keeps_its_state_types_inside_while_loop(dtype):
-    with enable_x64(True):
+    with x64_for("float64"):
         init, steps, params, final = lbfgs_in_while_loop(invariant(optax.lbfgs()), dtype)
         assert float64_loss(params) < 1e-2
     assert steps == 6
@@ -62,7 +63,7 @@ def test_invariant_lbfgs_keeps_its_state_types_inside_while_loop(dtype):
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=["float16", "bfloat16"])
 def test_unwrapped_lbfgs_drifts_inside_while_loop(dtype):
-    with enable_x64(True):
+    with x64_for("float64"):
         init, _, _, final = lbfgs_in_while_loop(optax.lbfgs(), dtype)
     drift = drifting_paths(init, final)
     if not drift:
@@ -78,7 +79,7 @@ def test_unwrapped_lbfgs_drifts_inside_while_loop(dtype):
 
 
 def test_invariant_lbfgs_check_mode_names_the_drifting_paths():
-    with enable_x64(True):
+    with x64_for("float64"):
         init, _, _, final = lbfgs_in_while_loop(optax.lbfgs(), jnp.float16)
         drift = drifting_paths(init, final)
         with pytest.raises(dg.StateDtypeError) as promoted:

@@ -8,7 +8,8 @@ import pytest
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, state_dtype_invariant
-from jax_dtypeguard._compat import enable_x64, get_aval
+from jax_dtypeguard._compat import get_aval
+from jax_dtypeguard.testing import x64_for
 
 
 class ZoomState(NamedTuple):
@@ -35,7 +36,7 @@ def f16_zoom_state():
 
 
 def test_float16_state_with_float64_value_is_caught_naming_every_leaf():
-    with enable_x64(True):
+    with x64_for("float64"):
         guarded = state_dtype_invariant(zoom_step)
         with pytest.raises(StateDtypeError) as caught:
             jax.jit(guarded)(f16_zoom_state(), jnp.float64(2.0))
@@ -57,7 +58,7 @@ def test_unguarded_while_loop_fails_inside_jax_and_cast_makes_it_run():
 
         return jax.lax.while_loop(lambda c: c[1] < 5, body, (f16_zoom_state(), 0))
 
-    with enable_x64(True):
+    with x64_for("float64"):
         with pytest.raises(TypeError, match="carry"):
             loop(zoom_step)
         state, steps = loop(state_dtype_invariant(zoom_step, mode="cast"))
@@ -68,7 +69,7 @@ def test_unguarded_while_loop_fails_inside_jax_and_cast_makes_it_run():
 
 
 def test_guarded_while_loop_check_mode_names_the_step_not_jax():
-    with enable_x64(True), pytest.raises(StateDtypeError, match=r"zoom_step \("):
+    with x64_for("float64"), pytest.raises(StateDtypeError, match=r"zoom_step \("):
         jax.lax.while_loop(
             lambda s: ~s.done,
             lambda s: state_dtype_invariant(zoom_step)(s, jnp.float64(0.5)),

@@ -13,12 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import F16, F32
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, state_dtype_invariant
-
-F16 = jnp.float16
-F32 = jnp.float32
 
 
 def make_state():

@@ -26,8 +26,9 @@ import jax.numpy as jnp
 
 from . import _config
 from ._call_site import user_frame
-from ._carry_rules import accepted_scalars, carry_verdict
+from ._carry_rules import Rule, accepted_scalars, carry_verdict
 from ._cast import cast_back
+from ._equinox_loop import promote_weak_carry, weak_carry_note
 from ._errors import (
     Mismatch,
     StateDtypeError,
@@ -107,14 +108,18 @@ def _carry_guard(
     out: int | None,
     settings: _config.LoopSettings,
     form: str,
+    rule: Rule = "lax",
 ) -> Callable[..., Any]:
-    """`fn`, a loop body, comparing its carry out with its carry in under `jax.lax`'s rule."""
+    """`fn`, a loop body, comparing its carry out with its carry in under `rule`."""
     parameter = StateParameter.at(fn, position, "carry")
 
     def notes(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> list[str]:
         state_out = result if out is None else result[out]
-        accepted = accepted_scalars(args[position], state_out, "lax")
-        return _context(form, [parameter.name + path for path in accepted])
+        accepted = accepted_scalars(args[position], state_out, rule)
+        lines = _context(form, [parameter.name + path for path in accepted])
+        if rule == "equinox":
+            lines += weak_carry_note(args[position], state_out, parameter.name)
+        return lines
 
     guard = Guard(
         fn,
@@ -124,7 +129,7 @@ def _carry_guard(
         annotations=False,
         follows_config=False,
         strict=settings.mode == "check" and _config.config.strict,
-        rule="lax",
+        rule=rule,
         notes=notes,
     )
     return guarded_callable(guard)
@@ -350,13 +355,21 @@ def _report_branches(
 
 
 def _equinox_rewrite(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Equinox's `common_rewrite`, whose `body_fun` is guarded (its carry is Equinox's own)."""
+    """Equinox's `common_rewrite`, whose `body_fun` is guarded under Equinox's rule (its
+    carry is Equinox's own); in cast mode a weak initial carry is promoted first, as
+    `jax.lax.while_loop` would promote it."""
 
     @functools.wraps(original)
     def common_rewrite(cond_fun, body_fun, init_val, *args, **kwargs):
         settings = _config.loop_settings()
         if settings is not None and callable(body_fun) and not _already_guarded(body_fun):
-            body_fun = _carry_guard(body_fun, 0, None, settings, "equinox.internal.while_loop")
+            if settings.mode == "cast":
+                init_val = promote_weak_carry(
+                    original, cond_fun, body_fun, init_val, *args, **kwargs
+                )
+            body_fun = _carry_guard(
+                body_fun, 0, None, settings, "equinox.internal.while_loop", "equinox"
+            )
         rewritten = original(cond_fun, body_fun, init_val, *args, **kwargs)
         with contextlib.suppress(AttributeError, TypeError):
             setattr(rewritten[1], _EQUINOX_MARK, True)

@@ -116,6 +116,8 @@ def carry_verdict(state_in: Any, state_out: Any, root: str, rule: Rule, weak_typ
         if accepted and not weak_type:
             continue
         leaf = compare_states(leaf_in, leaf_out, where, weak_type)
+        if not leaf.mismatches:  # a Python scalar of the traced carry's own type
+            continue
         found += leaf.mismatches
         if accepted and scalar_for_array(signature_in, signature_out):
             castable.append((index, signature_in))
@@ -129,7 +131,8 @@ def carry_verdict(state_in: Any, state_out: Any, root: str, rule: Rule, weak_typ
 
 
 def accepted_scalars(state_in: Any, state_out: Any, rule: Rule) -> list[str]:
-    """Keypaths (below the root) of Python scalars the loop accepts for array leaves."""
+    """Keypaths (below the root) of Python scalars the loop accepts for array leaves of
+    another type (a weak float for a strong float32 leaf; not `False` for a `bool[]`)."""
     entries = _tree.tree_flatten_with_path(state_in)[0]
     leaves_out, tree_out = _tree.tree_flatten(state_out)
     if _tree.tree_structure(state_in) != tree_out:
@@ -140,8 +143,10 @@ def accepted_scalars(state_in: Any, state_out: Any, rule: Rule) -> list[str]:
             signature_in, signature_out = LeafSignature.of(leaf_in), LeafSignature.of(leaf_out)
         except NotALeafError:
             continue
-        if scalar_for_array(signature_in, signature_out) and accepts(
-            rule, signature_in, signature_out
+        if (
+            scalar_for_array(signature_in, signature_out)
+            and signature_out.as_array() != signature_in
+            and accepts(rule, signature_in, signature_out)
         ):
             paths.append(_tree.keystr(path))
     return paths

@@ -27,7 +27,7 @@ from ._compat import Tracer, flatten_like, hide_from_tracebacks
 from ._config import Mode
 from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
-from ._signature import NotALeafError, array_keys, flax_nnx, leaf_keys, remember
+from ._signature import NotALeafError, array_keys, flax_nnx, leaf_keys, remember, state_keys
 
 _tree = jax.tree_util
 # Reports show the user's frames, not this package's: JAX filters these files out of the
@@ -209,7 +209,7 @@ class Guard:
                 if keys is None:
                     leaves_out, tree_out = _tree.tree_flatten(state_out)
                     try:
-                        keys = (leaf_keys(leaves_in), leaf_keys(leaves_out))
+                        keys = state_keys(leaves_in, leaves_out)
                     except NotALeafError:
                         keys = None
                 if keys is not None and self.annotations is None:
@@ -337,7 +337,7 @@ class Guard:
             )
         leaves_out, tree_out = _tree.tree_flatten(state_out)
         try:
-            keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))
+            keys = state_keys(before.leaves, leaves_out)
         except NotALeafError:
             keys = None
         return self._verdict_of(number, parameter, before, state_out, tree_out, keys, weak_type)

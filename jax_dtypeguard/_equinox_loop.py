@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _config
@@ -25,14 +26,20 @@ from ._signature import LeafSignature, NotALeafError
 _tree = jax.tree_util
 
 
-def _has_weak_leaf(tree: Any) -> bool:
+def _may_promote(tree: Any) -> bool:
+    """Whether a carry holds a weak floating (or complex) leaf beside a strong one of
+    another dtype: a weak float32 `best_loss` beside a float16 `y`, or a weak float64
+    beside a float32 `y` under x64. Only then can a body that keeps its strong
+    leaves' dtypes promote a weak one; other carries are not traced to find out."""
+    weak, strong = set(), set()
     for leaf in _tree.tree_leaves(tree):
         try:
-            if LeafSignature.of(leaf).weak_type:
-                return True
+            signature = LeafSignature.of(leaf)
         except NotALeafError:
             continue
-    return False
+        if jnp.issubdtype(signature.dtype, jnp.inexact):
+            (weak if signature.weak_type else strong).add(signature.dtype)
+    return any(w != s for w in weak for s in strong)
 
 
 def promote_weak_carry(
@@ -48,11 +55,12 @@ def promote_weak_carry(
 
     `rewrite` is Equinox's `common_rewrite`, called as Equinox calls it (`args`
     and `kwargs`: max_steps, buffers, makes_false_steps). Where `init_val` has
-    a weak leaf, `body_fun` is traced once, abstractly (`jax.eval_shape`), to
-    learn the types it returns; a body that fails in that trace is left for
-    the loop's own trace to report.
+    a weak floating leaf beside a strong one of another dtype, `body_fun` is
+    traced once, abstractly (`jax.eval_shape`), to learn the types it returns;
+    a body that fails in that trace is left for the loop's own trace to
+    report. Weak integer leaves (step counters) are not promoted.
     """
-    if not _has_weak_leaf(init_val):
+    if not _may_promote(init_val):
         return init_val
     targets: dict[str, np.dtype] = {}
 

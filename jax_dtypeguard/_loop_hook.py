@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.abc
 import inspect
 import sys
 import threading
@@ -402,6 +403,42 @@ def _patch_equinox(install: bool) -> None:
             module.common_rewrite = hooked  # type: ignore[attr-defined]
 
 
+class _EquinoxImport(importlib.abc.MetaPathFinder):
+    """Patches Equinox's loop as soon as it is imported within a scope, so that the
+    first Equinox loop after `import optimistix` inside `guard_loops` is reached too."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != _EQUINOX_LAST:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        execute = getattr(spec.loader, "exec_module", None)
+        if execute is None:
+            return spec
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            with _lock:
+                if _users[0] > 0:
+                    _patch_equinox(True)
+                    _equinox_patched[0] = True
+
+        spec.loader.exec_module = exec_module  # type: ignore[union-attr]
+        return spec
+
+
+# Equinox's loop module, imported after `common`, `bounded` and `checkpointed` (it imports them).
+_EQUINOX_LAST = "equinox.internal._loop.loop"
+_equinox_import = _EquinoxImport()
+
+
 # --------------------------------------------------------------------------------------------
 # The hook on `jax.lax`
 
@@ -441,6 +478,8 @@ def install() -> None:
         if "equinox.internal._loop.common" in sys.modules:
             _patch_equinox(True)
             _equinox_patched[0] = True
+        elif _equinox_import not in sys.meta_path:
+            sys.meta_path.insert(0, _equinox_import)
 
 
 def uninstall() -> None:
@@ -456,6 +495,8 @@ def uninstall() -> None:
                 setattr(jax.lax, name, original)
         _patch_equinox(False)
         _equinox_patched[0] = False
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(_equinox_import)
 
 
 class guard_loops(contextlib.ContextDecorator):
@@ -487,12 +528,15 @@ class guard_loops(contextlib.ContextDecorator):
 
     - `mode`: `"check"` (raise `StateDtypeError`), `"cast"` (cast dtype
       drift back to the carry's types, or a disagreeing branch to the types
-      of the branch that keeps the operands' types; raise the rest), `"warn"`
+      of the branch that keeps the operands' types; promote a weak initial
+      carry of Equinox's loop to the body's dtype, as `jax.lax.while_loop`
+      does and Equinox does not; raise the rest), `"warn"`
       (emit a `StateDtypeWarning`, then let JAX or Equinox do what it does),
       or `"off"` (no guard within the block). Strict mode turns cast and
       warn into check.
     - `weak_type`: also report a weak carry that its body makes strong (JAX
-      accepts it silently) and a Python scalar returned for an array carry.
+      accepts it silently) and a Python scalar returned for an array carry
+      of another type (a weak float for a strong `float32[]`).
 
     **Returns:**
 

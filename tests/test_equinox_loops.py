@@ -8,6 +8,8 @@ the hook raises no false alarm, names what the libraries reject, and repairs
 what a cast repairs.
 """
 
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -114,6 +116,29 @@ def test_the_jaxpr_is_unchanged_when_nothing_needs_promoting():
     for mode in ("check", "cast"):
         with dg.guard_loops(mode=mode):
             assert str(jax.make_jaxpr(run)(init)) == outside
+
+
+LATE_IMPORT = """
+import sys
+import jax.numpy as jnp
+import jax_dtypeguard as dg
+
+assert "equinox" not in sys.modules
+with dg.guard_loops():
+    import optimistix as optx  # Equinox is imported inside the scope
+
+    solver = optx.BestSoFarMinimiser(optx.BFGS(rtol=1e-3, atol=1e-3))
+    try:
+        optx.minimise(lambda y, a: jnp.sum(y**2), solver, jnp.zeros(3, jnp.float16), max_steps=4)
+    except dg.StateDtypeError as error:
+        print(error.mismatches[0].path)
+print(any(type(finder).__name__ == "_EquinoxImport" for finder in sys.meta_path))
+"""
+
+
+def test_equinox_imported_inside_the_scope_is_reached_from_its_first_loop():
+    done = subprocess.run([sys.executable, "-c", LATE_IMPORT], capture_output=True, text=True)
+    assert done.stdout.split() == ["carry[2].best_loss", "False"], done.stderr
 
 
 # --- the issue's solvers --------------------------------------------------------------------

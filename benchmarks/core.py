@@ -721,22 +721,9 @@ def _discover(optax: Any) -> tuple[list[tuple[str, Any]], dict[str, str]]:
 
     No list of names to fall back on: if the audit's discovery moves, this fails loudly.
     """
-    from jax_dtypeguard import _audit_optax
+    from jax_dtypeguard._audit._optax import transformations
 
-    values = _audit_optax._argument_values(optax)
-    found: list[tuple[str, Any]] = []
-    not_built: dict[str, str] = {}
-    for constructor in _audit_optax.constructors(optax):
-        try:
-            tx, display = _audit_optax._construct(constructor.name, constructor.fn, optax, values)
-        except Exception as error:
-            if constructor.certain:
-                not_built[constructor.name] = (
-                    f"{type(error).__name__}: {str(error).splitlines()[0]:.120}"
-                )
-            continue
-        if isinstance(tx, optax.GradientTransformation):
-            found.append((display, tx))
+    found, not_built = transformations(optax)
     if not found:
         raise RuntimeError(f"found no optimizer in optax {optax.__version__}")
     return found, not_built

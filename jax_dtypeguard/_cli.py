@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+from ._columns import DEFAULT_COLUMNS
 from ._version import __version__
 
 PROG = "jax-dtypeguard"
-DEFAULT_DTYPES = "float16,bfloat16,float32,float32+x64,float64"
-_CASTABLE = ("dtype", "weak_type")
+DEFAULT_DTYPES = ",".join(DEFAULT_COLUMNS)
 _CELL_WIDTH = 32  # a one-mismatch cell longer than this shows a count instead
 
 
@@ -184,7 +185,9 @@ def summary(result: Any) -> str:
     if result.compiles is not None and result.compiles > 1:
         parts.append(f"{result.compiles} compiles")
     if result.cast_left is not None:
-        left = [m for m in result.cast_left if m.kind in _CASTABLE]
+        from ._errors import CASTABLE_KINDS  # here: it starts JAX, which --help does without
+
+        left = [m for m in result.cast_left if m.kind in CASTABLE_KINDS]
         if not result.cast_left:
             parts.append("cast fixes")
         elif left:
@@ -461,6 +464,7 @@ def _audit(options: argparse.Namespace) -> int:
                 output = open(options.output, "w", encoding="utf-8")  # noqa: SIM115
             except OSError as error:
                 raise _UsageError(f"cannot write --output {options.output}: {error}") from None
+        _import_from_cwd()
         items, libraries = _audit.load_targets(options.targets, grads_dtype)
     except _audit.UsageError as error:
         raise _UsageError(str(error)) from None
@@ -491,6 +495,13 @@ def _audit(options: argparse.Namespace) -> int:
         if output is not None:
             output.close()
     return 1 if _audit.failed(results) else 0
+
+
+def _import_from_cwd() -> None:
+    """Puts the current directory on `sys.path`, so that a `module:attribute`
+    target imports from it (as `python -m` would; the console script does not)."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _has_rich() -> bool:

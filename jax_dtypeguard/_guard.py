@@ -30,7 +30,7 @@ from ._delivery import deliver
 from ._errors import Mismatch, Report
 from ._nnx import as_tree, is_graph_node, returning, write_back
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
-from ._signature import NotALeafError, array_keys, leaf_keys
+from ._signature import NotALeafError, array_keys, leaf_keys, state_keys
 
 _tree = jax.tree_util
 # Reports show the user's frames, not this package's: JAX filters these files out of the
@@ -164,7 +164,7 @@ class Guard:
                 if keys is None:
                     leaves_out, tree_out = _tree.tree_flatten(state_out)
                     try:
-                        keys = (leaf_keys(leaves_in), leaf_keys(leaves_out))
+                        keys = state_keys(leaves_in, leaves_out)
                     except NotALeafError:
                         keys = None
                 if keys is not None and self.annotations is None:
@@ -286,7 +286,7 @@ class Guard:
             return self.comparison.verdict(before.tree(), state_out, parameter.name, weak_type)
         leaves_out, tree_out = _tree.tree_flatten(state_out)
         try:
-            keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))
+            keys = state_keys(before.leaves, leaves_out)
         except NotALeafError:
             keys = None
         return self._verdict_of(number, parameter, before, state_out, tree_out, keys, weak_type)

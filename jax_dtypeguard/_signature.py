@@ -106,6 +106,11 @@ class LeafSignature(NamedTuple):
         _BY_AVAL.remember(aval, signature)
         return signature
 
+    def as_array(self) -> LeafSignature:
+        """The type of the array JAX makes of this leaf when it traces it (a Python
+        scalar's 0-d array; an array's own type)."""
+        return self if self.python_scalar is None else self._replace(python_scalar=None)
+
     def __str__(self) -> str:
         dtype = "float0" if self.dtype == jax.dtypes.float0 else self.dtype
         text = f"{dtype}[{','.join(map(str, self.shape))}]"
@@ -220,3 +225,18 @@ def leaf_keys(leaves: Sequence[Any]) -> tuple[Any, ...]:
         return keys
     aval_types = _AVAL_TYPES
     return tuple([x.aval if type(x) in aval_types else _slow_key(x) for x in leaves])
+
+
+def state_keys(leaves_in: Sequence[Any], leaves_out: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The key of the verdict on an input and an output state that are not all arrays:
+    both sides' `leaf_keys`, and whether their arrays are tracers.
+
+    A verdict depends on that (a Python scalar returned for a traced array is
+    the array `jit` makes of it; for a concrete one, a structure change). None,
+    for no caching, where some arrays are traced and others are not.
+    """
+    arrays = [leaf for leaf in (*leaves_in, *leaves_out) if isinstance(leaf, jax.Array)]
+    traced = sum(isinstance(leaf, Tracer) for leaf in arrays)
+    if 0 < traced < len(arrays):
+        return None
+    return leaf_keys(leaves_in), leaf_keys(leaves_out), traced > 0

@@ -141,16 +141,22 @@ def test_weak_type_true_reports_weak_to_strong_and_python_scalars():
         jax.lax.while_loop(lambda x: x < 3, lambda x: x * jnp.float32(2), 1.0)
     assert "x: weak float32[] -> float32[]" in str(caught.value)
 
-    def flag_body(flag):
-        return False
+    def halve(x):
+        return 0.5  # a Python float: a weak float32 where the carry is a strong one
 
     with dg.guard_loops(weak_type=True), pytest.raises(dg.StateDtypeError) as caught:
-        jax.lax.while_loop(lambda f: f, flag_body, jnp.array(True))
-    assert "flag: bool[] -> bool[] (Python bool)" in str(caught.value)
+        jax.lax.while_loop(lambda x: x > 1, halve, jnp.float32(2))
+    assert "x: float32[] -> weak float32[] (Python float)" in str(caught.value)
     assert "return arrays of the carry's types" in str(caught.value)
     with dg.guard_loops(mode="cast", weak_type=True):
-        out = jax.lax.while_loop(lambda f: f, flag_body, jnp.array(True))
-        assert out.dtype == jnp.bool_
+        out = jax.lax.while_loop(lambda x: x > 1, halve, jnp.float32(2))
+        assert out.dtype == jnp.float32 and not out.weak_type
+
+    def flag_body(flag):
+        return False  # the bool[] the loop makes of it: the carry's own type
+
+    with dg.guard_loops(weak_type=True):
+        assert jax.lax.while_loop(lambda f: f, flag_body, jnp.array(True)).dtype == jnp.bool_
 
 
 # --- scope and safety ---------------------------------------------------------------------

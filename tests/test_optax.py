@@ -226,6 +226,82 @@ def test_shape_drift_raises_in_cast_mode():
     assert str(info.value).startswith("invariant(drifting_transformation) (tests/test_optax.py:")
 
 
+class _FastState(NamedTuple):
+    aggregate: dict
+    is_reset: bool = True
+
+
+def _fast_optimizer(reset_value=False):
+    """Optax's own lookahead test optimizer: `update` returns `is_reset` as a Python value."""
+
+    def init(params):
+        return _FastState(jax.tree.map(jnp.zeros_like, params), True)
+
+    def update(updates, state, params=None):
+        aggregate = optax.apply_updates(state.aggregate, updates)
+        return jax.tree.map(lambda u: -0.5 * u, updates), _FastState(aggregate, reset_value)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _lookahead_run(mode, *, jit, reset_value=False, steps=3):
+    tx = invariant(optax.lookahead(_fast_optimizer(reset_value), 3, 0.5), mode=mode)
+    params = optax.LookaheadParams.init_synced({"x": jnp.float32(3), "y": jnp.float32(-3)})
+    grads = {"x": jnp.float32(2), "y": jnp.float32(-2)}
+    update = jax.jit(tx.update) if jit else tx.update
+    state = jax.jit(tx.init)(params)  # `is_reset` is a bool[] array from here on
+    for _ in range(steps):
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+@pytest.mark.parametrize("mode", ["check", "cast"])
+def test_lookahead_python_bool_for_its_traced_bool_leaf_is_no_drift_under_jit(mode):
+    # optax.lookahead's inner state returns `is_reset=False` for a traced bool[]: jit makes
+    # it the same bool[] array. Optax's own lookahead tests run this way.
+    params, state = _lookahead_run(mode, jit=True)
+    plain = _lookahead_run("off", jit=True)
+    assert state.fast_state.is_reset.dtype == jnp.bool_
+    assert jax.tree.map(lambda a, b: bool(jnp.all(a == b)), (params, state), plain) == (
+        jax.tree.map(lambda _: True, plain)
+    )
+
+
+@pytest.mark.parametrize("mode", ["check", "cast"])
+def test_lookahead_python_scalar_of_another_type_under_jit_is_dtype_drift(mode):
+    # A Python int where the state holds a bool[]: under jit an int32 array, a change of kind.
+    with pytest.raises(dg.StateDtypeError) as info:
+        _lookahead_run(mode, jit=True, reset_value=0, steps=1)
+    kinds = [(m.path, m.kind) for m in info.value.mismatches]
+    assert ("opt_state.fast_state.is_reset", "dtype") in kinds
+    assert "opt_state.fast_state.is_reset: bool[] -> weak int32[] (Python int)" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["check", "cast"])
+def test_lookahead_python_bool_for_a_concrete_array_eagerly_stays_structure(mode):
+    with pytest.raises(dg.StateDtypeError) as info:
+        _lookahead_run(mode, jit=False, steps=1)
+    [mismatch] = info.value.mismatches
+    assert (mismatch.path, mismatch.kind) == ("opt_state.fast_state.is_reset", "structure")
+    assert (mismatch.expected, mismatch.got) == ("bool[]", "bool[] (Python bool)")
+
+
+def test_a_python_float_for_a_traced_float16_leaf_is_cast_under_jit():
+    def init(params):
+        return {"scale": jnp.ones((), jnp.float16)}
+
+    def update(updates, state, params=None):
+        return updates, {"scale": 0.5}  # weak float32 under jit
+
+    tx = optax.GradientTransformation(init, update)
+    params = jnp.ones(3, jnp.float16)
+    _, state = jax.jit(invariant(tx).update)(params, tx.init(params), params)
+    assert get_aval(state["scale"]) == get_aval(jnp.float16(0.5)) and state["scale"] == 0.5
+    with pytest.raises(dg.StateDtypeError, match=r"float16\[\] -> weak float32\[\] \(Python"):
+        jax.jit(invariant(tx, mode="check").update)(params, tx.init(params), params)
+
+
 def test_exceptions_from_the_optimizer_pass_through():
     with pytest.raises(TypeError, match="value"):  # Polyak SGD needs `value`
         tx = invariant(optax.polyak_sgd())

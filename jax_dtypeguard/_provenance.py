@@ -8,7 +8,8 @@ type. Equations that the input leaf flows into (its *lineage*) are preferred:
 the reader wants the line where their state changed type, and which other
 argument made it change. Nested jaxprs (`jit`, `cond` branches, `while` and
 `scan` bodies, `custom_jvp`/`custom_vjp` calls, `checkpoint`) are walked as
-if inlined.
+if inlined. The rules that decide which equation is blamed, and which argument
+named, are `_blame`'s; which values the input leaf flows into, `_lineage`'s.
 """
 
 from __future__ import annotations

@@ -59,10 +59,10 @@ __all__ = [
 
 
 # JAX_DTYPEGUARD_LOOPS=check|cast|warn guards the loops of the whole program.
-if _config.loops_default is not None:
-    from ._loop_hook import install as _install_loop_hook
+if _config.config.loops != "off":
+    from ._loop_hook import follow_config as _follow_config
 
-    _install_loop_hook()
+    _follow_config()
 
 
 def __getattr__(name: str) -> Any:

@@ -24,9 +24,12 @@ import jax.numpy as jnp
 from . import _config
 from ._audit_init import InitCheck, check_init
 from ._audit_loops import loop_mismatches
+from ._comparisons import partitioned_by
 from ._compat import enable_x64
+from ._config import Fixed
 from ._errors import CASTABLE_KINDS, Mismatch, Origin
-from ._guard import Guard, guarded_callable
+from ._guard import Guard
+from ._guarded import guarded_callable
 from ._plan import describe_location
 from ._signature import needs_x64
 from .testing import X64_SUFFIX, Case, CaseError, _split_static, _state_plan
@@ -439,10 +442,9 @@ def _cast_left(case: Case, dtype: str, weak_type: bool) -> list[Mismatch]:
     guard = Guard(
         case.fn,
         _state_plan(case.fn, case.state_arg, case.out),
-        mode="cast",
-        weak_type=weak_type,
+        comparison=partitioned_by(case.traced),
+        settings=Fixed("cast", weak_type),
         annotations=False,
-        traced=case.traced,
     )
     return dataclasses.replace(case, fn=guarded_callable(guard))._run(dtype, weak_type=weak_type)
 

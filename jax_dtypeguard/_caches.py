@@ -36,7 +36,9 @@ class Cache(dict[Any, Any]):
         except TypeError:
             pass
 
-    __hash__ = object.__hash__  # so that a WeakSet can hold it
+    def __hash__(self) -> int:  # pyright: ignore[reportIncompatibleVariableOverride]
+        # by identity, so that the registry's WeakSet can hold it
+        return id(self)
 
 
 _T = TypeVar("_T")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
+import importlib
 import os
 from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -83,13 +85,44 @@ def _strict_from_env() -> bool:
     )
 
 
+class LoopSettings(NamedTuple):
+    """What `guard_loops` does in a scope: its mode and whether weak_type alone is drift."""
+
+    mode: str
+    weak_type: bool
+
+
+def _validate_loops(value: object) -> str:
+    if not isinstance(value, str) or value not in (*LOOP_MODES, "off"):
+        raise ValueError(
+            f"loops must be one of {', '.join(repr(m) for m in (*LOOP_MODES, 'off'))}; "
+            f"got {value!r}."
+        )
+    return value
+
+
+def _loops_from_env() -> LoopSettings | None:
+    raw = os.environ.get(LOOPS_VARIABLE)
+    if raw is None or not raw.strip() or raw.strip().lower() == "off":
+        return None
+    value = raw.strip().lower()
+    if value not in LOOP_MODES:
+        raise ValueError(
+            f"Environment variable {LOOPS_VARIABLE}={raw!r} is not a guard_loops mode; "
+            f"allowed values: {', '.join(LOOP_MODES)}, or off (or unset) to leave "
+            "the loops of the program unguarded."
+        )
+    return LoopSettings(value, False)
+
+
 class Config:
     """Library-wide settings. Read them as attributes, change them with `update`.
 
-    `mode` and `strict` report the effective value, scoped context managers
-    (`jax_dtypeguard.mode`, `jax_dtypeguard.strict`) included. Their global
-    defaults come from the environment variables `JAX_DTYPEGUARD_MODE` and
-    `JAX_DTYPEGUARD_STRICT`, read when `jax_dtypeguard` is imported.
+    `mode`, `strict` and `loops` report the effective value, scoped context
+    managers (`jax_dtypeguard.mode`, `jax_dtypeguard.strict`,
+    `jax_dtypeguard.guard_loops`) included. Their global defaults come from the
+    environment variables `JAX_DTYPEGUARD_MODE`, `JAX_DTYPEGUARD_STRICT` and
+    `JAX_DTYPEGUARD_LOOPS`, read when `jax_dtypeguard` is imported.
 
     !!! Example
         ```python
@@ -101,11 +134,12 @@ class Config:
         ```
     """
 
-    __slots__ = ("_mode", "_strict")
+    __slots__ = ("_loops", "_mode", "_strict")
 
     def __init__(self) -> None:
         object.__setattr__(self, "_mode", _mode_from_env())
         object.__setattr__(self, "_strict", _strict_from_env())
+        object.__setattr__(self, "_loops", _loops_from_env())
 
     @property
     def mode(self) -> str:
@@ -119,7 +153,25 @@ class Config:
         override = _strict_override.get()
         return self._strict if override is None else override
 
-    def update(self, *args: Any, mode: str | None = None, strict: bool | None = None) -> None:
+    @property
+    def loops(self) -> str:
+        """What `guard_loops` does to every loop of the program here: `"off"` unless
+        configured, or a scope (`with guard_loops(...)`) says otherwise."""
+        settings = loops_override.get() or self._loops
+        return "off" if settings is None else settings.mode
+
+    @property
+    def loops_default(self) -> LoopSettings | None:
+        """The program-wide loop setting, scopes aside (None: off)."""
+        return self._loops
+
+    def update(
+        self,
+        *args: Any,
+        mode: str | None = None,
+        strict: bool | None = None,
+        loops: str | None = None,
+    ) -> None:
         """Sets the global defaults; the context managers still take precedence in their scope.
 
         Also accepts JAX's positional form, `update("mode", "cast")`.
@@ -128,6 +180,8 @@ class Config:
 
         - `mode`: `"check"`, `"cast"`, `"warn"` or `"off"`.
         - `strict`: `True` or `False`.
+        - `loops`: `"check"`, `"cast"`, `"warn"` or `"off"`: guard every loop and
+          branch of the program as `guard_loops(mode=...)` does in a scope.
 
         **Raises:**
 
@@ -144,7 +198,7 @@ class Config:
             ```
         """
         if args:
-            if len(args) != 2 or mode is not None or strict is not None:
+            if len(args) != 2 or mode is not None or strict is not None or loops is not None:
                 raise TypeError(
                     "config.update takes keyword arguments (update(mode='cast', strict=True)) "
                     f"or one (name, value) pair; got {args!r}."
@@ -154,14 +208,24 @@ class Config:
                 mode = validate_mode(value)
             elif name == "strict":
                 strict = _validate_strict(value)
+            elif name == "loops":
+                loops = _validate_loops(value)
             else:
                 raise ValueError(
-                    f"jax_dtypeguard has no setting {name!r}; the settings are 'mode' and 'strict'."
+                    f"jax_dtypeguard has no setting {name!r}; the settings are 'mode', "
+                    "'strict' and 'loops'."
                 )
         new_mode = self._mode if mode is None else validate_mode(mode)
         new_strict = self._strict if strict is None else _validate_strict(strict)
+        new_loops = self._loops
+        if loops is not None:
+            loops = _validate_loops(loops)
+            new_loops = None if loops == "off" else LoopSettings(loops, False)
         object.__setattr__(self, "_mode", new_mode)
         object.__setattr__(self, "_strict", new_strict)
+        object.__setattr__(self, "_loops", new_loops)
+        if loops is not None:  # the hook sits above this module: imported when first needed
+            importlib.import_module(f"{__package__}._loop_hook").follow_config()
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(
@@ -171,7 +235,7 @@ class Config:
         )
 
     def __repr__(self) -> str:
-        return f"Config(mode={self.mode!r}, strict={self.strict!r})"
+        return f"Config(mode={self.mode!r}, strict={self.strict!r}, loops={self.loops!r})"
 
 
 config = Config()
@@ -262,31 +326,46 @@ def effective(declared_mode: str | None, declared_weak_type: bool) -> tuple[str,
     return resolved, declared_weak_type
 
 
-class LoopSettings(NamedTuple):
-    """What `guard_loops` does in a scope: its mode and whether weak_type alone is drift."""
+@dataclasses.dataclass(frozen=True)
+class Configured:
+    """A guard's settings source that follows the configuration: its declared mode and
+    weak_type, with `config`, scopes and strict mode applied at each call."""
 
-    mode: str
-    weak_type: bool
+    mode: str | None = None
+    weak_type: bool = True
 
+    def now(self) -> tuple[str, bool]:
+        """The (mode, weak_type) of this call."""
+        return effective(self.mode, self.weak_type)
 
-def _loops_from_env() -> LoopSettings | None:
-    raw = os.environ.get(LOOPS_VARIABLE)
-    if raw is None or not raw.strip() or raw.strip().lower() == "off":
-        return None
-    value = raw.strip().lower()
-    if value not in LOOP_MODES:
-        raise ValueError(
-            f"Environment variable {LOOPS_VARIABLE}={raw!r} is not a guard_loops mode; "
-            f"allowed values: {', '.join(LOOP_MODES)}, or off (or unset) to leave "
-            "the loops of the program unguarded."
-        )
-    return LoopSettings(value, False)
+    def strict(self, mode: str) -> bool:
+        """Whether strict mode made this call's check (read on report only)."""
+        return mode == "check" and config.strict
 
 
-# The program-wide default (JAX_DTYPEGUARD_LOOPS, read at import), then scopes
-# (`guard_loops`, the pytest option and marker): a context variable, so threads
-# and asyncio tasks outside a scope never see it.
-loops_default: LoopSettings | None = _loops_from_env()
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """A guard's settings source that ignores the configuration (the testing assertions
+    check what they are asked; the loop hook's scope chose its mode); `strict` says
+    whether strict mode chose it, for the reports."""
+
+    mode: str = "check"
+    weak_type: bool = True
+    made_strict: bool = False
+
+    def now(self) -> tuple[str, bool]:
+        return self.mode, self.weak_type
+
+    def strict(self, mode: str) -> bool:
+        return self.made_strict
+
+
+Settings = Configured | Fixed
+
+
+# Scopes (`guard_loops`, the pytest option and marker) over the program-wide default
+# (`config.loops`): a context variable, so threads and asyncio tasks outside a scope
+# never see it.
 loops_override: contextvars.ContextVar[LoopSettings | None] = contextvars.ContextVar(
     "jax_dtypeguard_loops", default=None
 )
@@ -294,7 +373,7 @@ loops_override: contextvars.ContextVar[LoopSettings | None] = contextvars.Contex
 
 def loop_settings() -> LoopSettings | None:
     """What `guard_loops` does here and now (strict mode applied), or None when it is off."""
-    settings = loops_override.get() or loops_default
+    settings = loops_override.get() or config.loops_default
     if settings is None or settings.mode == "off":
         return None
     if settings.mode != "check" and config.strict:

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any, TypedDict, TypeVar, Unpack, overload
 
 from . import _config
-from ._config import Mode
-from ._guard import Guard, guarded_callable
+from ._config import Configured, Mode
+from ._guard import Guard
+from ._guarded import guarded_callable
 from ._plan import CallPlan, StateParameter, describe_location, is_index, parameter_name
 
 __all__ = ["StateParameter", "describe_location", "parameter_name", "state_dtype_invariant"]
@@ -19,7 +20,7 @@ OutSpec = int | tuple[int, ...] | None
 InplaceSpec = bool | int | str | tuple[int | str, ...]
 
 
-def _validate(
+def validate_options(
     mode: object,
     weak_type: object,
     annotations: object,
@@ -134,7 +135,7 @@ def state_dtype_invariant(
         assert step(jnp.ones(3, jnp.float16), 0.1).dtype == jnp.float16
         ```
     """
-    _validate(mode, weak_type, annotations, out, state, inplace)
+    validate_options(mode, weak_type, annotations, out, state, inplace)
     if fn is None:
         return functools.partial(
             state_dtype_invariant,
@@ -152,5 +153,5 @@ def state_dtype_invariant(
             'arguments (@state_dtype_invariant(mode="cast")).'
         )
     plan = CallPlan.of(fn, state, out, inplace)
-    guard = Guard(fn, plan, mode=mode, weak_type=weak_type, annotations=annotations)
+    guard = Guard(fn, plan, settings=Configured(mode, weak_type), annotations=annotations)
     return guarded_callable(guard)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ._signature import category
@@ -212,32 +212,66 @@ def count_of(mismatches: Sequence[Mismatch]) -> str:
     return f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"
 
 
-def format_report(
-    function: str,
-    location: str,
-    state_names: str | Sequence[str],
-    mismatches: Sequence[Mismatch],
-    mode: str,
-    strict: bool = False,
-) -> str:
-    """The text of a `StateDtypeError` or `StateDtypeWarning`."""
-    names = [state_names] if isinstance(state_names, str) else list(state_names)
-    quoted = ", ".join(f"'{n}'" for n in names)
-    paths = [m.path for m in mismatches]
-    count = count_of(mismatches)
-    if all(m.kind == "annotation" for m in mismatches):
-        header = f"{function} ({location}) does not match its annotations ({count}):"
-    else:
-        what = "state" if len(names) == 1 else "states"
-        header = f"{function} ({location}) changed the type of its {what} {quoted} ({count}):"
-    lines = [header]
-    for m in mismatches:
-        line = f"  {m}"
-        if paths.count(m.path) > 1 or m.kind in ("structure", "annotation", "sharding"):
-            line += f"  [{m.kind}]"
-        lines.append(line)
-    lines.append(_hint(mismatches, mode, strict))
-    return "\n".join(lines)
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """A drift report as data; `str(report)` is the one rendering of it.
+
+    **Attributes:**
+
+    - `function`, `location`: the guarded function's name and `file:line`.
+    - `mismatches`: what drifted, in order.
+    - `mode`, `strict`: the settings the call ran under (they choose the hint).
+    - `states`: the state names the header quotes.
+    - `role`: what the function is to its caller, before its name (`branch 1`).
+    - `what`: the header's verb phrase where it is not "changed the type of
+      its state ..." (`returned updates whose types differ from the params'`).
+    - `against`: for a tree compared with another tree, each mismatch path's
+      counterpart there: a line then reads `path: got but other is expected`.
+    - `notes`: lines before the hint (where a loop was reached from).
+    - `hint`: the hint, where the caller knows a better one than the default.
+    """
+
+    function: str
+    location: str
+    mismatches: tuple[Mismatch, ...]
+    mode: str
+    strict: bool = False
+    states: tuple[str, ...] = ()
+    role: str = ""
+    what: str | None = None
+    against: Mapping[str, str] | None = None
+    notes: tuple[str, ...] = ()
+    hint: str | None = None
+
+    def header(self) -> str:
+        count = count_of(self.mismatches)
+        what = self.what
+        if what is None and all(m.kind == "annotation" for m in self.mismatches):
+            what = "does not match its annotations"
+        elif what is None:
+            quoted = ", ".join(f"'{n}'" for n in self.states)
+            noun = "state" if len(self.states) == 1 else "states"
+            what = f"changed the type of its {noun} {quoted}"
+        role = f"{self.role} " if self.role else ""
+        return f"{role}{self.function} ({self.location}) {what} ({count}):"
+
+    def line(self, mismatch: Mismatch) -> str:
+        if self.against is not None:
+            other = self.against[mismatch.path]
+            text = f"  {mismatch.path}: {mismatch.got} but {other} is {mismatch.expected}"
+            return text + (f"  ({mismatch.origin})" if mismatch.origin is not None else "")
+        text = f"  {mismatch}"
+        repeated = sum(m.path == mismatch.path for m in self.mismatches) > 1
+        if repeated or mismatch.kind in ("structure", "annotation", "sharding"):
+            text += f"  [{mismatch.kind}]"
+        return text
+
+    def __str__(self) -> str:
+        hint = (
+            self.hint if self.hint is not None else _hint(self.mismatches, self.mode, self.strict)
+        )
+        lines = [self.header(), *map(self.line, self.mismatches), *self.notes, hint]
+        return "\n".join(lines)
 
 
 def short_path(path: str) -> str:

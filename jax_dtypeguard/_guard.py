@@ -1,78 +1,40 @@
 """The guard behind every guarded function: the decorator, `dg.lax`, `dg.optax`, testing.
 
-One `Guard` per guarded function, configured by its fields (where the states
-are, the mode, whether the configuration applies); `guarded_callable` builds
-what the user (or JAX) calls.
+A `Guard` is built from values: where the states are (a `CallPlan`), how a
+state out is compared with the state in (a comparison from `_comparisons`),
+where its mode comes from (a settings source from `_config`), and how its
+reports read (`Reporting`). `_guarded.guarded_callable` builds what the user
+(or JAX) calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
-import sys
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
 import jax
 
-from . import _annotations, _config
-from ._call_site import user_frame
-from ._carry_rules import Rule, carry_verdict
+from . import _annotations
 from ._cast import cast_back
-from ._compare import OK, Verdict, compare_partitioned, compare_states
+from ._compare import OK, Verdict
+from ._comparisons import EXACT, Comparison
 from ._compat import Tracer, flatten_like, hide_from_tracebacks
-from ._config import Mode
-from ._errors import Mismatch, StateDtypeError, StateDtypeWarning, format_report
+from ._config import Configured, Settings
+from ._delivery import deliver
+from ._errors import Mismatch, Report
+from ._nnx import as_tree, is_graph_node, returning, write_back
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
-from ._signature import NotALeafError, array_keys, flax_nnx, leaf_keys, remember
+from ._signature import NotALeafError, array_keys, leaf_keys, remember
 
 _tree = jax.tree_util
 # Reports show the user's frames, not this package's: JAX filters these files out of the
 # tracebacks it filters, and a guard's own report is raised afresh at the guarded call.
 hide_from_tracebacks(os.path.join(os.path.dirname(os.path.abspath(__file__)), ""))
-
-
-def _is_graph_node(value: Any) -> bool:
-    nnx = flax_nnx()
-    return nnx is not None and nnx.graph.is_graph_node(value)
-
-
-def as_tree(value: Any) -> Any:
-    """A state as a pytree: NNX graph nodes that JAX cannot flatten through `nnx.state`."""
-    if _is_graph_node(value) and _tree.treedef_is_leaf(_tree.tree_structure(value)):
-        return flax_nnx().state(value)
-    return value
-
-
-def write_back(target: Any, value: Any, name: str) -> None:
-    """Updates the in-place state `target` to `value` (of the same structure)."""
-    if _is_graph_node(target):
-        nnx = flax_nnx()
-        nnx.update(target, nnx.state(value) if _is_graph_node(value) else value)
-    elif isinstance(target, dict):
-        target.update(value)
-    elif isinstance(target, list):
-        target[:] = value
-    else:
-        raise TypeError(
-            f"cast mode cannot write the cast values back into the in-place state '{name}', "
-            f"a {type(target).__qualname__}: only Flax NNX objects, dicts and lists can be "
-            'updated in place. Use mode="check", or return the new state (out=...).'
-        )
-
-
-def _returning(fn: Callable[..., Any], parameter: StateParameter) -> Callable[..., Any]:
-    """`fn`, also returning the in-place state `parameter` as it is after the call."""
-
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        result = fn(*args, **kwargs)
-        return result, as_tree(parameter.find(args, kwargs)[1])
-
-    return call
 
 
 def _array_keys_alike(
@@ -88,6 +50,29 @@ def _array_keys_alike(
     return None if keys_out is None else (keys_in, keys_out)
 
 
+def verdict_key(
+    number: int, tree_in: Any, tree_out: Any, keys: Any, weak_type: bool
+) -> tuple[Any, ...]:
+    """The key of a cached eager verdict: the state's number, both tree structures (the
+    output's only where it is another) and leaf keys, and whether weak_type counts."""
+    same_tree = tree_out is tree_in or tree_out == tree_in
+    return (number, tree_in, None if same_tree else tree_out, keys, weak_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reporting:
+    """How a guard's reports read, where not as the decorator's: the `(name, "file:line")`
+    they give the function (`invariant(adamw)`), and `notes(args, kwargs, result)`, lines
+    before the hint (the loop hook: where the loop was reached from)."""
+
+    title: tuple[str, str] | None = None
+    notes: Callable[[tuple[Any, ...], dict[str, Any], Any], list[str]] | None = None
+
+
+_CONFIGURED = Configured()
+_AS_DECLARED = Reporting()
+
+
 class _Snapshot:
     """One state as a call received it: its leaves and tree structure, flattened once,
     and whether it is a Flax NNX graph node."""
@@ -96,7 +81,7 @@ class _Snapshot:
 
     def __init__(self, value: Any) -> None:
         self.value = value
-        self.graph_node = _is_graph_node(value)
+        self.graph_node = is_graph_node(value)
         tree = as_tree(value) if self.graph_node else value
         self.leaves, self.treedef = _tree.tree_flatten(tree)
 
@@ -118,23 +103,13 @@ class Guard:
     **Fields:**
 
     - `plan`: where the states are (`CallPlan`).
-    - `mode`, `weak_type`: as declared (`mode=None`: the configured mode).
-    - `follows_config`: whether `config`, scopes and strict mode apply (not in
-      the testing assertions, which check exactly what they are asked, nor in
-      the loop hook, whose scope set its mode).
-    - `strict`: for a guard that does not follow the configuration, whether
-      strict mode set its mode (said in its reports).
+    - `comparison`: how a state out is compared with the state in (`EXACT`, a
+      loop's `LoopRule`, a `Partitioned` state).
+    - `settings`: where its mode and weak_type come from (`Configured`, which
+      follows `config`, scopes and strict mode; or `Fixed`).
+    - `reporting`: how its reports read, where not as the decorator's.
     - `annotations`: whether to check `fn`'s jaxtyping annotations.
     - `hold_weakly`: keep only a weak reference to `fn` (cached loop bodies).
-    - `rule`: compare as a loop or branch does (`_carry_rules.Rule`): a Python scalar
-      that `jax.lax` accepts for an array leaf is cast, not a structure change.
-    - `traced`: which leaves are traced, a predicate such as `eqx.is_array`; the
-      others are compared by value (`compare_partitioned`). None: every array
-      and Python scalar.
-    - `title`: `(name, "file:line")` that reports give the function, where not
-      its own (`invariant(adamw)`).
-    - `notes`: `(args, kwargs, result) -> lines` that a report adds before its
-      hint (the loop hook: where the loop was reached from).
     """
 
     def __init__(
@@ -142,32 +117,23 @@ class Guard:
         fn: Callable[..., Any],
         plan: CallPlan,
         *,
-        mode: Mode | None = None,
-        weak_type: bool = True,
+        comparison: Comparison = EXACT,
+        settings: Settings = _CONFIGURED,
+        reporting: Reporting = _AS_DECLARED,
         annotations: bool = True,
-        follows_config: bool = True,
-        strict: bool = False,
         hold_weakly: bool = False,
-        rule: Rule | None = None,
-        traced: Callable[[Any], bool] | None = None,
-        title: tuple[str, str] | None = None,
-        notes: Callable[[tuple[Any, ...], dict[str, Any], Any], list[str]] | None = None,
     ) -> None:
         self._fn: Callable[[], Any] = weakref.ref(fn) if hold_weakly else (lambda: fn)
         self._strong_fn = None if hold_weakly else fn  # the eager fast path reads it directly
+        self.holds_weakly = hold_weakly
         self.plan = plan
-        self.mode = mode
-        self.weak_type = weak_type
-        self.follows_config = follows_config
-        self._strict = strict
-        self.title = title
-        self.notes = notes
-        self.rule: Rule | None = rule
-        self.traced = traced
+        self.comparison = comparison
+        self.settings = settings
+        self.reporting = reporting
         out = plan.outs[0]
-        compared_as_is = rule is None and traced is None
-        returned_one = len(plan.states) == 1 and not isinstance(out, str) and compared_as_is
-        self._one = (plan.states[0], out) if returned_one and not isinstance(out, str) else None
+        returned_one = len(plan.states) == 1 and not isinstance(out, str)
+        keyed = returned_one and comparison.keyed
+        self._one = (plan.states[0], out) if keyed and not isinstance(out, str) else None
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
         self.verdicts: dict[Any, Verdict] = {}
         self.explained: dict[Any, list[Mismatch]] = {}
@@ -179,28 +145,16 @@ class Guard:
             raise ReferenceError("the guarded function no longer exists")
         return fn
 
-    def settings(self) -> tuple[str, bool]:
-        """The (mode, weak_type) of this call: the configuration applied."""
-        if not self.follows_config:
-            return self.mode or "check", self.weak_type
-        return _config.effective(self.mode, self.weak_type)
-
-    def strict(self, mode: str) -> bool:
-        """Whether strict mode made this call's check (read on report only)."""
-        if not self.follows_config:
-            return self._strict
-        return mode == "check" and _config.config.strict
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        mode, weak_type = self.settings()
+        mode, weak_type = self.settings.now()
         fn = self.fn
         if mode == "off":
             return fn(*args, **kwargs)
         if self._one is not None:  # one returned state, compared as is: the usual step
             parameter, out = self._one
             found, state = parameter.find(args, kwargs)
-            if found and not _is_graph_node(state):
+            if found and not is_graph_node(state):
                 leaves_in, tree_in = _tree.tree_flatten(state)
                 result = fn(*args, **kwargs)
                 state_out = result if out is None else select(fn, result, out)
@@ -213,13 +167,11 @@ class Guard:
                     except NotALeafError:
                         keys = None
                 if keys is not None and self.annotations is None:
-                    same_tree = tree_out is tree_in or tree_in == tree_out
-                    if same_tree and keys[0] == keys[1]:
+                    key = verdict_key(0, tree_in, tree_out, keys, weak_type)
+                    if key[2] is None and keys[0] == keys[1]:
                         return result
                     try:
-                        cached = self.verdicts.get(
-                            (0, tree_in, None if same_tree else tree_out, keys, weak_type)
-                        )
+                        cached = self.verdicts.get(key)
                     except TypeError:  # unhashable static data in a tree structure
                         cached = None
                     if cached is not None and not cached.mismatches:
@@ -302,7 +254,7 @@ class Guard:
         if out == INPLACE:
             return as_tree(before.value) if before.graph_node else before.value
         state_out = select(fn, result, out)
-        if before.graph_node and not _is_graph_node(state_out):
+        if before.graph_node and not is_graph_node(state_out):
             raise TypeError(
                 f"{self.name}: the state '{parameter.name}' is a Flax NNX "
                 f"{type(before.value).__qualname__}, updated in place, but the function "
@@ -319,7 +271,7 @@ class Guard:
     @functools.cached_property
     def described(self) -> tuple[str, str]:
         """`(name, "file:line")` that reports give the function."""
-        return self.title or describe_location(self.fn)
+        return self.reporting.title or describe_location(self.fn)
 
     def _verdict(
         self,
@@ -329,12 +281,8 @@ class Guard:
         state_out: Any,
         weak_type: bool,
     ) -> Verdict:
-        if self.rule is not None:
-            return carry_verdict(before.tree(), state_out, parameter.name, self.rule, weak_type)
-        if self.traced is not None:
-            return compare_partitioned(
-                before.tree(), state_out, parameter.name, weak_type, self.traced
-            )
+        if not self.comparison.keyed:
+            return self.comparison.verdict(before.tree(), state_out, parameter.name, weak_type)
         leaves_out, tree_out = _tree.tree_flatten(state_out)
         try:
             keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))
@@ -353,22 +301,20 @@ class Guard:
         weak_type: bool,
     ) -> Verdict:
         """The verdict for a state whose output is flattened and keyed: cached when eager."""
-        same_tree = tree_out is before.treedef or tree_out == before.treedef
-        if keys is not None and same_tree and keys[0] == keys[1]:
+        key = verdict_key(number, before.treedef, tree_out, keys, weak_type)
+        if keys is not None and key[2] is None and keys[0] == keys[1]:
             return OK
-        # The output's tree structure is in the key only where it is another.
-        cache_key = (number, before.treedef, None if same_tree else tree_out, keys, weak_type)
         if keys is not None:
             try:
-                return self.verdicts[cache_key]
+                return self.verdicts[key]
             except (KeyError, TypeError):
                 pass
         try:
-            verdict = compare_states(before.tree(), state_out, parameter.name, weak_type)
+            verdict = self.comparison.verdict(before.tree(), state_out, parameter.name, weak_type)
         except TypeError as error:
             raise TypeError(f"{self.name}: {error}") from None
         if keys is not None:
-            remember(self.verdicts, cache_key, verdict)
+            remember(self.verdicts, key, verdict)
         return verdict
 
     def _explain(
@@ -391,7 +337,7 @@ class Guard:
         for parameter, out in zip(self.plan.states, self.plan.outs):
             if out == INPLACE:  # re-traced as a function that returns the state it updated
                 explained = explain(
-                    _returning(self.fn, parameter), parameter, 1, args, kwargs, explained
+                    returning(self.fn, parameter), parameter, 1, args, kwargs, explained
                 )
             else:
                 returned = cast(int | None, out)
@@ -409,91 +355,14 @@ class Guard:
         result: Any,
     ) -> None:
         __tracebackhide__ = True
-        mismatches = self._explain(mismatches, args, kwargs)
-        location = self.described[1]
-        strict = self.strict(mode)
-        message = format_report(self.name, location, self.plan.names, mismatches, mode, strict)
-        if self.notes is not None:
-            lines = message.split("\n")
-            message = "\n".join(lines[:-1] + self.notes(args, kwargs, result) + lines[-1:])
-        deliver(message, mismatches, self.name, mode, guard=self)
-
-
-def deliver(
-    message: str,
-    mismatches: list[Mismatch],
-    name: str,
-    mode: str,
-    guard: Guard | None = None,
-) -> None:
-    """A report: warned about in warn mode (once: not again while provenance re-traces),
-    else raised as a `StateDtypeError` (that `guard` raised, if it is given).
-
-    A warning points at the user's innermost frame.
-    """
-    __tracebackhide__ = True
-    if mode == "warn":
-        if not _config.retracing.get():
-            frame, level = user_frame(sys._getframe(1))
-            warnings.warn(StateDtypeWarning(message), stacklevel=level + 2 if frame else 2)
-        return
-    error = StateDtypeError(message, mismatches, name)
-    if guard is not None:
-        error._guard = guard  # type: ignore[attr-defined]
-    raise error
-
-
-def _from_here(error: StateDtypeError, guard: Guard) -> StateDtypeError:
-    """`guard`'s own report without the frames inside the guard (raised by the caller);
-    a report from a guard inside the function keeps its frames, which matter."""
-    return error.with_traceback(None) if getattr(error, "_guard", None) is guard else error
-
-
-def copy_names(wrapper: Any, fn: Any) -> None:
-    """Gives a wrapper object `fn`'s module, name, qualified name and docstring."""
-    for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-        value = getattr(fn, attribute, None)
-        if isinstance(value, str):
-            setattr(wrapper, attribute, value)
-
-
-class _WeaklyGuarded:
-    """What JAX receives for a cached loop body: calls the guard, unwraps to the user's function.
-
-    Holds the function only through the guard's weak reference, so a cache of
-    these keeps nothing alive.
-    """
-
-    def __init__(self, guard: Guard, fn: Callable[..., Any]) -> None:
-        self.__dtypeguard__ = guard
-        copy_names(self, fn)
-
-    @property
-    def __wrapped__(self) -> Callable[..., Any]:
-        return self.__dtypeguard__.fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        try:
-            return self.__dtypeguard__(*args, **kwargs)
-        except StateDtypeError as error:
-            raise _from_here(error, self.__dtypeguard__) from error.__cause__
-
-
-def guarded_callable(guard: Guard) -> Callable[..., Any]:
-    """The callable that runs `guard`: a `functools.wraps` wrapper of its function, or,
-    for a guard that holds its function weakly, an object that unwraps to it."""
-    fn = guard.fn
-    if isinstance(guard._fn, weakref.ref):
-        return _WeaklyGuarded(guard, fn)
-
-    @functools.wraps(fn)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        try:
-            return guard(*args, **kwargs)
-        except StateDtypeError as error:
-            raise _from_here(error, guard) from error.__cause__
-
-    guarded.__dtypeguard__ = guard  # type: ignore[attr-defined]
-    return guarded
+        notes = self.reporting.notes
+        report = Report(
+            self.name,
+            self.described[1],
+            tuple(self._explain(mismatches, args, kwargs)),
+            mode,
+            strict=self.settings.strict(mode),
+            states=tuple(self.plan.names),
+            notes=tuple(notes(args, kwargs, result)) if notes is not None else (),
+        )
+        deliver(report, raised_by=self)

@@ -28,20 +28,17 @@ from . import _config
 from ._call_site import user_frame
 from ._carry_rules import accepted_scalars, carry_verdict
 from ._cast import cast_back
-from ._errors import (
-    Mismatch,
-    StateDtypeError,
-    count_of,
-    format_report,
-    short_path,
-)
-from ._guard import Guard, deliver, guarded_callable
+from ._comparisons import LoopRule
+from ._config import Fixed, Mode
+from ._delivery import deliver
+from ._errors import Report, StateDtypeError, short_path
+from ._guard import Guard, Reporting
+from ._guarded import guarded_callable, is_guarded
 from ._plan import CallPlan, StateParameter, describe_location, parameter_name
 from ._provenance import explain
 from ._signature import LeafSignature, NotALeafError
 
 _tree = jax.tree_util
-_NO_OPERAND = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +85,6 @@ def _context(form: str, scalars: list[str]) -> list[str]:
     return lines
 
 
-def _branch_message(
-    header: str, fn: Callable[..., Any], root: str, mismatches: list[Mismatch], mode: str, form: str
-) -> str:
-    name, location = describe_location(fn)
-    strict = mode == "check" and _config.config.strict
-    lines = format_report(name, location, root, mismatches, mode, strict).split("\n")
-    return "\n".join([header, *lines[1:-1], *_context(form, []), lines[-1]])
-
-
 # --------------------------------------------------------------------------------------------
 # Bodies
 
@@ -119,22 +107,22 @@ def _carry_guard(
     guard = Guard(
         fn,
         CallPlan.single(parameter, out),
-        mode=settings.mode,  # type: ignore[arg-type]
-        weak_type=settings.weak_type,
+        comparison=LoopRule("lax"),
+        settings=Fixed(
+            settings.mode,
+            settings.weak_type,
+            made_strict=settings.mode == "check" and _config.config.strict,
+        ),
+        reporting=Reporting(notes=notes),
         annotations=False,
-        follows_config=False,
-        strict=settings.mode == "check" and _config.config.strict,
-        rule="lax",
-        notes=notes,
     )
     return guarded_callable(guard)
 
 
 def _already_guarded(fn: Any) -> bool:
-    """A `dg.lax` body, a decorated function, or one of this hook's guards."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return any(hasattr(fn, attribute) for attribute in ("__dtypeguard__", "_guard", _EQUINOX_MARK))
+    """A guarded function (`dg.lax` body, decorated function, this hook's guard), or a body
+    Equinox rewrote around one of this hook's guards."""
+    return is_guarded(fn) or hasattr(fn, _EQUINOX_MARK)
 
 
 def _as_is(
@@ -317,7 +305,7 @@ def _report_branches(
     else:
         base_name, base_location = describe_location(records[0].fn)
         other = f"{names[0]} {base_name} ({base_location})"
-    texts, found = [], []
+    reports = []
     state = (
         StateParameter(root, position=0)
         if len(operands) == 1
@@ -329,20 +317,26 @@ def _report_branches(
         if reference is not None:
             mismatches = explain(fn, state, None, records[i].args, {}, mismatches)
         fn_name, location = describe_location(fn)
-        header = (
-            f"{names[i]} {fn_name} ({location}) returns other types than {other} "
-            f"({count_of(mismatches)}):"
+        report = Report(
+            fn_name,
+            location,
+            tuple(mismatches),
+            mode,
+            strict=mode == "check" and _config.config.strict,
+            states=(root,),
+            role=names[i],
+            what=f"returns other types than {other}",
+            notes=tuple(_context(name, [])),
         )
-        texts.append(_branch_message(header, fn, root, mismatches, mode, name))
-        found += mismatches
+        reports.append(report)
+    trailer = None
     if mode == "cast" and target is None:
-        texts.append(
+        trailer = (
             "No branch keeps the operands' types and no dtype is the narrowest of the "
             "branches', so cast mode cannot choose the types to cast to: make the branches "
             "return one type."
         )
-    fn_name = describe_location(records[disagreeing[0][0]].fn)[0]
-    deliver("\n".join(texts), found, fn_name, mode)
+    deliver(*reports, trailer=trailer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,6 +439,19 @@ def uninstall() -> None:
         _equinox_patched[0] = False
 
 
+_held_for_config = [False]
+
+
+def follow_config() -> None:
+    """Keeps the hook on while `config.loops` guards the whole program, and no longer."""
+    with _lock:
+        on = _config.config.loops_default is not None
+        if on == _held_for_config[0]:
+            return
+        _held_for_config[0] = on
+    install() if on else uninstall()
+
+
 class guard_loops(contextlib.ContextDecorator):
     """Guards every loop and branch called through `jax.lax` within the block.
 
@@ -500,7 +507,7 @@ class guard_loops(contextlib.ContextDecorator):
         ```
     """
 
-    def __init__(self, mode: str = "check", weak_type: bool = False) -> None:
+    def __init__(self, *, mode: Mode = "check", weak_type: bool = False) -> None:
         _config.validate_mode(mode)
         if not isinstance(weak_type, bool):
             raise TypeError(f"weak_type must be True or False; got {weak_type!r}.")
@@ -508,7 +515,7 @@ class guard_loops(contextlib.ContextDecorator):
         self._tokens: list[Any] = []
 
     def _recreate_cm(self) -> guard_loops:  # a fresh scope per decorated call (threads)
-        return guard_loops(*self.settings)
+        return guard_loops(mode=self.settings.mode, weak_type=self.settings.weak_type)  # type: ignore[arg-type]
 
     def __enter__(self) -> None:
         install()

@@ -114,7 +114,10 @@ def _dtypeguard_scope(request: pytest.FixtureRequest) -> Iterator[None]:
         if loops is not None or session_loops is not None:
             from ._loop_hook import guard_loops
 
+            # The marker takes the mode positionally too: dtypeguard_loops("cast").
             args: tuple[Any, ...] = loops.args if loops is not None else (session_loops,)
-            kwargs: dict[str, Any] = loops.kwargs if loops is not None else {}
-            scopes.enter_context(guard_loops(*args, **kwargs))
+            kwargs: dict[str, Any] = dict(loops.kwargs) if loops is not None else {}
+            if args:
+                kwargs.setdefault("mode", args[0])
+            scopes.enter_context(guard_loops(**kwargs))
         yield

@@ -12,13 +12,15 @@ import functools
 import types
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import jax
 
 from ._carry_rules import Rule
-from ._config import Mode, effective, validate_mode
-from ._guard import Guard, guarded_callable
+from ._comparisons import LoopRule
+from ._config import Configured, Mode, effective, validate_mode
+from ._guard import Guard
+from ._guarded import guarded_callable
 from ._plan import CallPlan, StateParameter
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
@@ -63,14 +65,16 @@ def _guard(
     if not callable(fn):
         raise TypeError(f"{role} must be a function; got {type(fn).__name__} {fn!r:.80}.")
     plan = CallPlan.single(make_state(fn), out)
-    guard_for = functools.partial(Guard, fn, plan, mode=cast(Mode, mode), rule=rule)
+    guard_for = functools.partial(
+        Guard, fn, plan, comparison=LoopRule(rule), settings=Configured(mode)
+    )
     if isinstance(fn, types.MethodType):  # a new object on each attribute access
-        return guard_for().__call__
+        return guarded_callable(guard_for())
     fn_id = id(fn)
     try:
         reference = weakref.ref(fn, lambda ref: _forget(fn_id, ref))
     except TypeError:  # not weakly referenceable: no caching
-        return guard_for().__call__
+        return guarded_callable(guard_for())
     guard = guard_for(hold_weakly=True)
     guarded = guarded_callable(guard)
     if guard.annotations is not None:  # its checker holds `fn`: caching it would leak `fn`
@@ -94,7 +98,7 @@ def while_loop(
     body_fun: Callable[[Any], Any],
     init_val: Any,
     *,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.while_loop` whose `body_fun` keeps `init_val`'s types.
 
@@ -136,7 +140,7 @@ def fori_loop(
     init_val: Any,
     *,
     unroll: int | bool | None = None,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.fori_loop` whose `body_fun(i, val)` keeps `init_val`'s types.
 
@@ -176,7 +180,7 @@ def scan(
     reverse: bool = False,
     unroll: int | bool = 1,
     *,
-    mode: str = "cast",
+    mode: Mode = "cast",
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """`jax.lax.scan` whose `f(carry, x) -> (carry, y)` keeps `init`'s types.
@@ -231,7 +235,7 @@ def cond(
     false_fun: Callable[..., Any],
     *operands: Any,
     operand: Any = _NO_OPERAND,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.cond` whose branches return their operands' types.
 
@@ -283,7 +287,7 @@ def switch(
     branches: Sequence[Callable[..., Any]],
     *operands: Any,
     operand: Any = _NO_OPERAND,
-    mode: str = "cast",
+    mode: Mode = "cast",
 ) -> Any:
     """`jax.lax.switch` whose branches return their operands' types.
 

@@ -16,12 +16,14 @@ import optax
 
 from ._call_site import written_argument
 from ._cast import cast_back
+from ._compare import compare_leaves
 from ._compat import Tracer
-from ._config import effective, validate_mode
-from ._errors import Mismatch, count_of
-from ._guard import Guard, deliver
+from ._config import Configured, Mode, effective, validate_mode
+from ._delivery import deliver
+from ._errors import Mismatch, Report
+from ._guard import Guard, Reporting
 from ._plan import CallPlan, StateParameter, describe_location
-from ._signature import LeafSignature, NotALeafError, category
+from ._signature import LeafSignature
 
 __all__ = ["invariant"]
 
@@ -81,7 +83,8 @@ def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> 
     `None` and `optax.MaskedNode` leaves (updates that `add_decayed_weights`
     or `optax.masked` leave out) and leaves whose param is a Python scalar or
     no array are not compared. A dtype change within a kind (float <-> float,
-    int <-> int, complex <-> complex) is castable; a shape or kind change is not.
+    int <-> int, complex <-> complex) is castable, to the param's type; a shape,
+    sharding or kind change is not (`compare_leaves`, as for a state).
     """
     comparison = _ParamsComparison()
     entries, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_left_out)
@@ -98,25 +101,12 @@ def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> 
         index += 1
         if not isinstance(param, _ARRAYS) or not isinstance(leaf, _ARRAYS):
             continue
-        try:
-            got, expected = LeafSignature.of(leaf), LeafSignature.of(param)
-        except NotALeafError:
-            continue
         keypath = jax.tree_util.keystr(path)
-        path_here, param_path = root + keypath, "params" + keypath
-        found = []
-        if got.shape != expected.shape:
-            found.append((Mismatch(path_here, "shape", str(expected), str(got)), False))
-        if got.dtype != expected.dtype:
-            same_kind = category(got.dtype) == category(expected.dtype)
-            found.append((Mismatch(path_here, "dtype", str(expected), str(got)), same_kind))
-        if weak_type and got.weak_type != expected.weak_type:
-            found.append((Mismatch(path_here, "weak_type", str(expected), str(got)), True))
-        for mismatch, castable in found:
-            comparison.add(mismatch, param_path, castable and all(c for _, c in found))
-        if found and all(castable for _, castable in found):
-            weak = expected.weak_type if weak_type else got.weak_type
-            comparison.casts.append((index, expected._replace(weak_type=weak)))
+        found, target = compare_leaves(root + keypath, param, leaf, weak_type)
+        for mismatch in found:
+            comparison.add(mismatch, "params" + keypath, target is not None)
+        if target is not None:
+            comparison.casts.append((index, target))
     return comparison
 
 
@@ -168,16 +158,16 @@ class _ParamsCheck:
         what: str,
         remedy: str,
     ) -> None:
-        count = count_of(mismatches)
-        lines = [f"{self.name} ({self.location}) {what} ({count}):"]
-        for mismatch in mismatches:
-            param = comparison.param_paths[mismatch.path]
-            line = f"  {mismatch.path}: {mismatch.got} but {param} is {mismatch.expected}"
-            if mismatch.origin is not None:
-                line += f"  ({mismatch.origin})"
-            lines.append(line)
-        lines.append(self.hint(mismatches, comparison, mode, remedy))
-        deliver("\n".join(lines), mismatches, self.name, mode)
+        report = Report(
+            self.name,
+            self.location,
+            tuple(mismatches),
+            mode,
+            what=what,
+            against=comparison.param_paths,
+            hint=self.hint(mismatches, comparison, mode, remedy),
+        )
+        deliver(report)
 
     def hint(
         self, mismatches: list[Mismatch], comparison: _ParamsComparison, mode: str, remedy: str
@@ -219,7 +209,7 @@ def _value_fn_at_params_types(value_fn: Any, params: Any, guard: _ParamsCheck) -
     return value_fn_at_params_types
 
 
-def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) -> Any:
+def invariant(tx: Any, *, mode: Mode | None = "cast", updates: Mode | None = None) -> Any:
     """An Optax transformation whose `update` keeps the optimizer state's types.
 
     Each `update(updates, opt_state, params=None, **extra_args)` is guarded
@@ -285,9 +275,9 @@ def invariant(tx: Any, mode: str | None = "cast", updates: str | None = None) ->
     state_guard = Guard(
         inner.update,
         CallPlan.single(StateParameter.argument("opt_state", 1, "state", None), out=1),
-        mode=mode,  # type: ignore[arg-type]
+        settings=Configured(mode),
+        reporting=Reporting(title=(name, location)),
         annotations=False,
-        title=(name, location),
     )
     params_guard = _ParamsCheck(
         updates if updates is not None else mode, updates is not None, name, location

@@ -15,8 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._comparisons import partitioned_by
 from ._compat import enable_x64
-from ._decorator import _validate
+from ._config import Fixed
+from ._decorator import validate_options
 from ._errors import Mismatch, StateDtypeError
 from ._guard import Guard
 from ._plan import CallPlan, StateParameter, describe_location, is_index
@@ -205,10 +207,10 @@ def assert_state_dtype_invariant(
                 f"state_arg={state_arg} must be a position from 0 to {len(args)}: the state "
                 f"is inserted among the {len(args)} other positional arguments."
             )
-    _validate("check", weak_type, True, None, None)
+    validate_options("check", weak_type, True, None, None)
     call_args = _insert_parts(args, positions, parts)
     plan = _state_plan(fn, state_arg, out)
-    guard = Guard(fn, plan, mode="check", weak_type=weak_type, follows_config=False, traced=traced)
+    guard = Guard(fn, plan, comparison=partitioned_by(traced), settings=Fixed("check", weak_type))
     inputs, rebuild = _split_static((call_args, kwargs), traced)
 
     def run(values: list[Any]) -> Any:

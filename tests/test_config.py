@@ -48,7 +48,7 @@ WEAK = jnp.asarray(1.0)  # a weak float32 scalar (x64 off)
 def test_defaults_and_repr():
     assert dg.config.mode == "check"
     assert dg.config.strict is False
-    assert repr(dg.config) == "Config(mode='check', strict=False)"
+    assert repr(dg.config) == "Config(mode='check', strict=False, loops='off')"
 
 
 def test_update_sets_mode_and_strict_and_accepts_jax_positional_form():
@@ -83,7 +83,7 @@ def test_update_rejects_bad_values_and_changes_nothing(kwargs, error, match):
 
 def test_update_rejects_unknown_settings():
     with pytest.raises(
-        ValueError, match="no setting 'verbose'; the settings are 'mode' and 'strict'"
+        ValueError, match="no setting 'verbose'; the settings are 'mode', 'strict' and 'loops'"
     ):
         dg.config.update("verbose", True)
     with pytest.raises(TypeError, match=r"keyword arguments .* or one \(name, value\) pair"):
@@ -404,15 +404,54 @@ def test_invalid_environment_fails_at_import_naming_the_variable(variable, value
 def test_loop_settings_follow_the_scope_and_strict_mode():
     token = _config.loops_override.set(None)
     try:
-        assert _config.loop_settings() == _config.loops_default
+        assert _config.loop_settings() == dg.config.loops_default
         with dg.guard_loops(mode="cast", weak_type=True):
             assert _config.loop_settings() == ("cast", True)
+            assert dg.config.loops == "cast"
             with dg.strict():
                 assert _config.loop_settings() == ("check", True)
             with dg.guard_loops(mode="off"):
                 assert _config.loop_settings() is None
     finally:
         _config.loops_override.reset(token)
+
+
+def test_config_loops_guards_the_whole_program_until_turned_off():
+    def widen(i, x):
+        return x + jnp.float32(1)
+
+    token = _config.loops_override.set(None)
+    try:
+        assert dg.config.loops == "off"
+        dg.config.update(loops="cast")
+        assert dg.config.loops == "cast"
+        assert "loops='cast'" in repr(dg.config)
+        assert jax.lax.fori_loop(0, 2, widen, jnp.float16(0)).dtype == jnp.float16
+        with dg.guard_loops(mode="off"):
+            assert dg.config.loops == "off"
+        dg.config.update("loops", "off")
+        assert dg.config.loops == "off"
+        with pytest.raises(TypeError, match="carry"):
+            jax.lax.fori_loop(0, 2, widen, jnp.float16(0))
+    finally:
+        dg.config.update(loops="off")
+        _config.loops_override.reset(token)
+
+
+@pytest.mark.parametrize("bad", ["loud", 1, None])
+def test_config_loops_rejects_what_is_no_loop_mode(bad):
+    if bad is None:
+        with pytest.raises(TypeError, match="name, value"):
+            dg.config.update("loops")
+        return
+    with pytest.raises(ValueError, match="loops must be one of 'check', 'cast', 'warn', 'off'"):
+        dg.config.update(loops=bad)
+    assert dg.config.loops == "off"
+
+
+def test_guard_loops_options_are_keyword_only():
+    with pytest.raises(TypeError):
+        dg.guard_loops("cast")  # type: ignore[misc]
 
 
 def test_loops_environment_variable_is_validated(monkeypatch):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard import StateDtypeError, StateDtypeWarning, _guard, state_dtype_invariant
+from jax_dtypeguard import StateDtypeError, StateDtypeWarning, _comparisons, state_dtype_invariant
 
 
 class State(NamedTuple):
@@ -373,7 +373,7 @@ def count_calls(monkeypatch, module, name):
 
 
 def test_eager_verdicts_are_cached_per_signature(monkeypatch):
-    calls = count_calls(monkeypatch, _guard, "compare_states")
+    calls = count_calls(monkeypatch, _comparisons, "compare_states")
     guarded = state_dtype_invariant(lambda s: s * jnp.float32(2), mode="warn")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -385,7 +385,7 @@ def test_eager_verdicts_are_cached_per_signature(monkeypatch):
 
 
 def test_happy_path_runs_no_full_comparison(monkeypatch):
-    monkeypatch.setattr(_guard, "compare_states", lambda *a, **k: pytest.fail("compared"))
+    monkeypatch.setattr(_comparisons, "compare_states", lambda *a, **k: pytest.fail("compared"))
     state_dtype_invariant(lambda s: s + 1)(jnp.ones(2))
 
 

@@ -15,7 +15,7 @@ from jax_dtypeguard import (
     StateDtypeWarning,
     state_dtype_invariant,
 )
-from jax_dtypeguard._errors import format_report
+from jax_dtypeguard._errors import Report
 
 
 class Moments(NamedTuple):
@@ -114,20 +114,43 @@ def test_origin_renders_after_two_spaces_in_parentheses():
 
 
 def test_annotation_only_reports_have_their_own_header():
-    text = format_report(
+    report = Report(
         "f",
         "f.py:1",
-        "state",
-        [Mismatch("x", "annotation", "Float[Array, 'n']", "int32[3]")],
+        (Mismatch("x", "annotation", "Float[Array, 'n']", "int32[3]"),),
         "check",
+        states=("state",),
     )
+    text = str(report)
     assert text.splitlines()[0] == "f (f.py:1) does not match its annotations (1 mismatch):"
     assert text.splitlines()[1] == "  x: Float[Array, 'n'] -> int32[3]  [annotation]"
 
 
 def test_sharding_hint_points_to_reshard():
-    text = format_report("f", "f.py:1", "s", [Mismatch("s", "sharding", "a", "b")], "cast")
+    text = str(Report("f", "f.py:1", (Mismatch("s", "sharding", "a", "b"),), "cast", states=("s",)))
     assert "jax.sharding.reshard" in text
+
+
+def test_a_report_renders_each_part_once_in_order():
+    mismatch = Mismatch("updates['w']", "dtype", "bfloat16[3]", "float32[3]")
+    report = Report(
+        "invariant(adamw)",
+        "train.py:3",
+        (mismatch,),
+        "check",
+        role="branch 1",
+        what="returned updates whose types differ from the params'",
+        against={"updates['w']": "params['w']"},
+        notes=("In jax.lax.cond.",),
+        hint="Hint: cast them.",
+    )
+    assert str(report).splitlines() == [
+        "branch 1 invariant(adamw) (train.py:3) returned updates whose types differ from the "
+        "params' (1 mismatch):",
+        "  updates['w']: float32[3] but params['w'] is bfloat16[3]",
+        "In jax.lax.cond.",
+        "Hint: cast them.",
+    ]
 
 
 def test_no_warning_when_nothing_drifts():

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 
 from jax_dtypeguard import _audit
+from jax_dtypeguard._columns import DEFAULT_COLUMNS
 
 BUDGET_S = 120.0
 
@@ -72,7 +73,7 @@ def _target(
 
 
 def _sweep() -> dict[str, Any]:
-    columns = _audit.columns(_audit.DEFAULT_COLUMNS)
+    columns = _audit.columns(DEFAULT_COLUMNS)
     names = list(_audit.target_entry_points())
     per_target: dict[str, Any] = {}
     wall, cpu = time.perf_counter(), time.process_time()

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from ._signature import category
 
-Kind = Literal["structure", "shape", "dtype", "weak_type", "sharding", "annotation"]
+Kind = Literal["structure", "shape", "dtype", "weak_type", "sharding", "annotation", "static"]
 CASTABLE_KINDS = frozenset({"dtype", "weak_type"})
 
 
@@ -54,7 +54,8 @@ class Mismatch:
     - `path`: the leaf's JAX keypath, rooted at the state's name
       (`opt_state[0].mu`).
     - `kind`: `"structure"`, `"shape"`, `"dtype"`, `"weak_type"`,
-      `"sharding"` or `"annotation"`.
+      `"sharding"`, `"annotation"`, or `"static"` (a static argument of a
+      jitted function that changed value, in `explain_recompiles` reports).
     - `expected`: the input state's type at that path (or the annotation).
     - `got`: the output's type at that path (or what was found).
     - `origin`: where a dtype/weak_type drift was introduced, or `None`.

@@ -212,6 +212,19 @@ class CallPlan:
         return cls((state,), (out,))
 
     @classmethod
+    def at_positions(
+        cls, fn: Callable[..., Any], state_arg: int | tuple[int, ...], out: Any
+    ) -> CallPlan:
+        """The plan of a state at the positional argument `state_arg` of `fn`, found at
+        `out` in its return value (`None`: all of it); for a tuple of positions, a state
+        in parts named `state0`, `state1`, ..., at a tuple of indices (default: in order).
+        """
+        if not isinstance(state_arg, tuple):
+            return cls.single(StateParameter.at(fn, state_arg, "state"), out)
+        states = tuple(StateParameter.at(fn, p, f"state{i}") for i, p in enumerate(state_arg))
+        return cls(states, tuple(range(len(states))) if out is None else out)
+
+    @classmethod
     def of(
         cls,
         fn: Callable[..., Any],

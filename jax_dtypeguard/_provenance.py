@@ -407,3 +407,31 @@ class _OriginSearch:
 
 def _always(aval: Any) -> bool:
     return True
+
+
+def output_origin(
+    jaxpr: Any, output: int, expected: LeafSignature, kind: str, invar: int | None = None
+) -> Origin | None:
+    """Where output `output` of a `ClosedJaxpr` first departs from the type `expected`
+    (dtype, or dtype and weak_type for `kind="weak_type"`): the equation and its user line.
+
+    For a value a jitted function returned that a later call passed back in
+    another type than before (the recompile explainer). `invar`: the jaxpr input
+    the value stands in for (the same leaf of the state it was given), whose
+    equations are preferred, as in reports. `None` where it cannot be found in
+    time, or the output does not depart.
+    """
+    try:
+        lineage = {"": invar} if invar is not None else {}
+        search = _OriginSearch(jaxpr.jaxpr, lineage, _TIME_LIMIT)
+        departs = departs_from(expected.dtype, expected.weak_type, kind)
+        outvar = search.lineage.root.jaxpr.outvars[output]
+        if not departs(getattr(outvar, "aval", None)):
+            return None
+        found = search.locate(outvar, departs, invar)
+    except (OutOfTime, IndexError):
+        return None
+    if found is None:
+        return None
+    file, line, function = _location(found) or (None, None, None)
+    return Origin(found.eqn.primitive.name, file, line, function)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -137,6 +137,25 @@ def is_static(leaf: Any) -> bool:
     return not isinstance(
         leaf, (jax.Array, Tracer, np.ndarray, np.generic, jax.ShapeDtypeStruct, *_PYTHON_SCALARS)
     )
+
+
+def split_traced(
+    tree: Any, traced: Callable[[Any], bool] | None = None
+) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    """The leaves of `tree` that JAX should trace, and a function rebuilding the
+    tree from new values for them; every other leaf is kept as it is, a constant
+    of the trace. `traced` narrows which traceable leaves are traced
+    (`eqx.is_array` keeps Python scalars static); a leaf JAX cannot trace is
+    static whatever it says."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    flags = [not is_static(leaf) and (traced is None or bool(traced(leaf))) for leaf in leaves]
+
+    def rebuild(values: list[Any]) -> Any:
+        it = iter(values)
+        full = [next(it) if t else leaf for leaf, t in zip(leaves, flags)]
+        return jax.tree_util.tree_unflatten(treedef, full)
+
+    return [leaf for leaf, t in zip(leaves, flags) if t], rebuild
 
 
 def static_equal(a: Any, b: Any) -> bool:

@@ -1,4 +1,5 @@
-"""Abstract checks for test suites: assertions, reusable cases, dtype sweeps.
+"""Abstract checks for test suites: assertions, reusable cases, dtype sweeps, and
+what a target of `jax-dtypeguard audit` returns besides cases.
 
 Everything here traces abstractly (`jax.eval_shape`): nothing is compiled and
 no FLOPs run, so a check of a large model costs a trace.
@@ -13,21 +14,25 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
+from ._columns import Column
 from ._comparisons import partitioned_by
 from ._compat import enable_x64
 from ._config import Fixed
 from ._decorator import validate_options
 from ._errors import Mismatch, StateDtypeError
 from ._guard import Guard
-from ._plan import CallPlan, StateParameter, describe_location, is_index
-from ._signature import is_static, needs_x64
+from ._plan import CallPlan, describe_location, is_index
+from ._signature import split_traced
 
 __all__ = [
     "DTYPES",
+    "AuditSubject",
     "Case",
     "CaseError",
+    "InitCheck",
+    "NotApplicable",
+    "SkippedCase",
     "assert_state_dtype_invariant",
     "dtype_sweep",
     "parametrize_dtypes",
@@ -56,25 +61,6 @@ class CaseError(RuntimeError):
 CaseError.__module__ = "jax_dtypeguard.testing"
 
 
-def _split_static(
-    tree: Any, traced: Callable[[Any], bool] | None = None
-) -> tuple[list[Any], Callable[[list[Any]], Any]]:
-    """The leaves of `tree` that JAX should trace, and a function rebuilding the
-    tree from new values for them; every other leaf is kept as it is, a constant
-    of the trace. `traced` narrows which traceable leaves are traced
-    (`eqx.is_array` keeps Python scalars static); a leaf JAX cannot trace is
-    static whatever it says."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    flags = [not is_static(leaf) and (traced is None or bool(traced(leaf))) for leaf in leaves]
-
-    def rebuild(values: list[Any]) -> Any:
-        it = iter(values)
-        full = [next(it) if t else leaf for leaf, t in zip(leaves, flags)]
-        return jax.tree_util.tree_unflatten(treedef, full)
-
-    return [leaf for leaf, t in zip(leaves, flags) if t], rebuild
-
-
 def _positions(state_arg: Any, what: str) -> tuple[int, ...]:
     """`state_arg` as a tuple of positions; `TypeError` unless ints or a tuple of them."""
     items = state_arg if isinstance(state_arg, tuple) else (state_arg,)
@@ -101,17 +87,6 @@ def _outs(out: Any, count: int, what: str) -> Any:
             f"(state_arg has {count}); got {out!r}."
         )
     return out
-
-
-def _state_plan(fn: Callable[..., Any], state_arg: Any, out: Any) -> CallPlan:
-    """The call plan of a state at `state_arg` of `fn`'s arguments (a tuple of positions:
-    a state in parts, named `state0`, `state1`, ...), found at `out` in its return value."""
-    positions = _positions(state_arg, "")
-    several = isinstance(state_arg, tuple)
-    outs = _outs(out, len(positions) if several else 1, "")
-    names = [f"state{i}" for i in range(len(positions))] if several else ["state"]
-    states = tuple(StateParameter.at(fn, p, name) for p, name in zip(positions, names))
-    return CallPlan(states, outs if several else (outs,))
 
 
 def _insert_parts(args: Sequence[Any], positions: Any, parts: Sequence[Any]) -> list[Any]:
@@ -209,9 +184,9 @@ def assert_state_dtype_invariant(
             )
     validate_options("check", weak_type, True, None, None)
     call_args = _insert_parts(args, positions, parts)
-    plan = _state_plan(fn, state_arg, out)
+    plan = CallPlan.at_positions(fn, state_arg, out)
     guard = Guard(fn, plan, comparison=partitioned_by(traced), settings=Fixed("check", weak_type))
-    inputs, rebuild = _split_static((call_args, kwargs), traced)
+    inputs, rebuild = split_traced((call_args, kwargs), traced)
 
     def run(values: list[Any]) -> Any:
         positional, keywords = rebuild(values)
@@ -322,9 +297,9 @@ class Case:
         function raises (the original exception is its `__cause__`);
         `ValueError` for an unknown dtype.
         """
-        name, x64 = _configuration(dtype)
-        with _x64(x64):
-            return self._run(name, weak_type=weak_type, label=_label(name, x64))
+        column = Column.named(dtype)
+        with _x64(column):
+            return self._run(column.dtype, weak_type=weak_type, label=column.label)
 
     def inputs(self, dtype: str, label: str | None = None) -> tuple[Any, list[Any]]:
         """`(state, args)` at dtype name `dtype`, from the factories; `CaseError` if they fail."""
@@ -390,42 +365,99 @@ class Case:
             ) from error
 
 
-X64_SUFFIX = "+x64"
+class NotApplicable(Exception):
+    """Raised by a `Case`'s factory: the case does not apply at this dtype.
+
+    `jax-dtypeguard audit` shows the cell as `skipped`, with the message as
+    the reason (say why in words: `"float64 times need x64 on"`). Elsewhere it
+    is the `__cause__` of the `CaseError` that running the case raises.
+    """
 
 
-def _configuration(name: Any) -> tuple[str, bool | None]:
-    """`(dtype name, x64)` of a sweep column: `"float32+x64"` -> `("float32", True)`,
-    `"float64"` -> `("float64", True)`, `"float32"` -> `("float32", None)` (the
-    caller's setting). `ValueError` for an unknown dtype."""
-    if isinstance(name, str) and name.endswith(X64_SUFFIX):
-        return _dtype_name(name[: -len(X64_SUFFIX)]), True
-    dtype = _dtype_name(name)
-    return dtype, True if _needs_x64(dtype) else None
+NotApplicable.__module__ = "jax_dtypeguard.testing"
 
 
-def _label(dtype: str, x64: bool | None) -> str:
-    return dtype + X64_SUFFIX if x64 and not _needs_x64(dtype) else dtype
+@dataclasses.dataclass(frozen=True)
+class InitCheck:
+    """How an audited case's state is built, so that `jax-dtypeguard audit`
+    checks `init` too.
+
+    Most drift is born in `init`: a leaf built weak (`jnp.array(0.0)`) or in
+    a fixed dtype (`jnp.zeros(n)`). With an `InitCheck`, the audit names the
+    `init` line that built each weak leaf the step makes strong, and reports
+    each buffer that mirrors the params (same structure and shapes) in
+    another float dtype than theirs.
+
+    **Attributes:**
+
+    - `fn`: the `init` function.
+    - `make_args`: `make_args(dtype)` builds `init`'s positional arguments at
+      a dtype name, as a tuple.
+    - `reference`: the index among them of the params (or `y0`) whose dtypes
+      the state's buffers follow.
+    - `root`: the state's name in the step's report (`"opt_state"`,
+      `"state"`): the paths of the `Case`'s mismatches that start with it
+      are the state `init` builds.
+    - `select`: picks the state out of `init`'s return value (default: all
+      of it).
+    - `traced`: which leaves of the arguments are traced, as in
+      `Case.traced`.
+    - `mirrored`: whether the buffers that mirror the params should have
+      their dtype (`False` where the library fixes another dtype on purpose,
+      as `MultiSteps(accumulator_dtype=jnp.float32)` does).
+    """
+
+    fn: Callable[..., Any]
+    make_args: Callable[[str], Sequence[Any]]
+    _: dataclasses.KW_ONLY
+    reference: int
+    root: str
+    select: Callable[[Any], Any] | None = None
+    traced: Callable[[Any], bool] | None = None
+    mirrored: bool = True
 
 
-def _x64(x64: bool | None) -> Any:
-    return contextlib.nullcontext() if x64 is None else enable_x64(x64)
+@dataclasses.dataclass(frozen=True)
+class AuditSubject:
+    """A `Case` with what `jax-dtypeguard audit` checks besides its step.
+
+    An audit target may return these among its `Case`s.
+
+    **Attributes:**
+
+    - `case`: the `Case`.
+    - `init`: an `InitCheck`, to audit the `init` that builds the state.
+    - `warnings`: lines for the case's rows (shown as `warning:` lines, and in
+      the JSON `warnings`), such as how the target had to build it.
+    - `source`: the library's step function, named as the origin of a drift
+      whose first operation cannot be found (a value from one of the
+      library's constants).
+    """
+
+    case: Case
+    _: dataclasses.KW_ONLY
+    init: InitCheck | None = None
+    warnings: tuple[str, ...] = ()
+    source: Callable[..., Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """The case's name."""
+        return self.case.name
 
 
-def _dtype_name(dtype: Any) -> str:
-    """The canonical name of a dtype given by name or as a dtype (`"bfloat16"`)."""
-    try:
-        if isinstance(dtype, str):
-            resolved = getattr(jax.numpy, dtype) if hasattr(jax.numpy, dtype) else dtype
-            return np.dtype(resolved).name
-        return np.dtype(dtype).name
-    except TypeError:
-        raise ValueError(
-            f"unknown dtype {dtype!r}; use a dtype name such as {', '.join(DTYPES)}."
-        ) from None
+@dataclasses.dataclass(frozen=True)
+class SkippedCase:
+    """A case an audit target could not build, and why, in words: one `skipped`
+    row of `jax-dtypeguard audit` (say what to do about it, too)."""
+
+    name: str
+    reason: str
 
 
-def _needs_x64(name: str) -> bool:
-    return needs_x64(getattr(jax.numpy, name) if hasattr(jax.numpy, name) else name)
+def _x64(column: Column) -> Any:
+    """x64 on in a column that has it on; else the caller's setting."""
+    return enable_x64(True) if column.x64 else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -456,7 +488,7 @@ def x64_for(dtype: str) -> Iterator[None]:
         assert not jax.config.jax_enable_x64
         ```
     """
-    with _x64(_configuration(dtype)[1]):
+    with _x64(Column.named(dtype)):
         yield
 
 
@@ -500,7 +532,7 @@ def dtype_sweep(
             f"dtype_sweep expects a jax_dtypeguard.testing.Case; got {type(case).__name__} "
             f"{case!r}."
         )
-    names = [_label(*_configuration(d)) for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
+    names = [Column.named(d).label for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
     return {name: case.run(name, weak_type=weak_type) for name in names}
 
 
@@ -531,7 +563,7 @@ def parametrize_dtypes(dtypes: Sequence[str] = DTYPES) -> Callable[[Any], Any]:
     """
     import pytest
 
-    names = [_label(*_configuration(d)) for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
+    names = [Column.named(d).label for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
     params = [
         pytest.param(name, id=name, marks=getattr(pytest.mark, X64_MARKER)(name)) for name in names
     ]

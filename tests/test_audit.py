@@ -1,5 +1,6 @@
 """The audit behind the CLI: targets, columns, case runs, warnings, jit counts, the sweep."""
 
+import configparser
 import importlib.metadata
 import inspect
 import json
@@ -9,7 +10,8 @@ import sys
 import pytest
 
 from jax_dtypeguard import _audit, _cli
-from jax_dtypeguard._audit_init import InitOrigin
+from jax_dtypeguard._audit._init import InitOrigin
+from jax_dtypeguard.testing import AuditSubject, InitCheck, SkippedCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ("float16", "bfloat16", "float32", "float32+x64", "float64")
@@ -22,7 +24,7 @@ def optax():
 
 @pytest.fixture(scope="module")
 def items(optax):
-    from jax_dtypeguard._audit_optax import optax_target
+    from jax_dtypeguard._audit._optax import optax_target
 
     return {item.name: item for item in optax_target()}
 
@@ -59,28 +61,43 @@ def test_check_dtype():
 # --- targets ----------------------------------------------------------------------
 
 
-def test_builtin_targets_are_entry_points():
+def _declared_targets():
+    """The built-in targets as setup.cfg registers them: {name: module:attribute}."""
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "setup.cfg"), encoding="utf-8")
+    lines = config["options.entry_points"]["jax_dtypeguard.audit_targets"].strip().splitlines()
+    return dict(line.replace(" ", "").split("=", 1) for line in lines)
+
+
+def test_setup_cfg_registers_the_builtin_targets_and_they_load():
+    declared = _declared_targets()
+    assert list(declared) == ["optax", "optax.contrib", "optimistix", "diffrax"]
+    for name, value in declared.items():
+        entry_point = importlib.metadata.EntryPoint(name, value, _audit.ENTRY_POINT_GROUP)
+        assert callable(entry_point.load()), value
+
+
+def test_the_installed_entry_points_are_the_declared_ones():
+    # The audit finds its targets through the installed metadata only: stale metadata
+    # (an install older than setup.cfg) would skip them. Reinstall if this fails.
     registered = _audit.target_entry_points()
-    assert list(registered)[:4] == ["optax", "optax.contrib", "optimistix", "diffrax"]
-    for name, entry_point in registered.items():
-        assert entry_point.group == "jax_dtypeguard.audit_targets"
-        if name in _audit.BUILTIN_TARGETS:
-            assert callable(entry_point.load())
+    assert {name: registered[name].value for name in _declared_targets()} == _declared_targets()
+    assert list(registered) == sorted(registered)  # name order
 
 
-def test_setup_cfg_registers_the_builtin_targets():
-    with open(os.path.join(ROOT, "setup.cfg"), encoding="utf-8") as file:
-        text = file.read()
-    section = text.split("jax_dtypeguard.audit_targets =", 1)[1]
-    for name, value in _audit.BUILTIN_TARGETS.items():
-        assert f"    {name} = {value}\n" in section
+def test_stale_metadata_of_this_package_is_bad_usage_saying_to_reinstall():
+    entry_point = importlib.metadata.EntryPoint(
+        "optax", "jax_dtypeguard._audit_optax:optax_target", _audit.ENTRY_POINT_GROUP
+    )
+    with pytest.raises(_audit.UsageError, match="installed metadata is older than its code"):
+        _audit.load_registered("optax", entry_point, None)
 
 
 def test_a_third_party_target_loads_through_the_same_mechanism(in_root):
     entry_point = importlib.metadata.EntryPoint(
         "mine", "tests.audit_cases:make_cases", _audit.ENTRY_POINT_GROUP
     )
-    items = _audit._load_registered("mine", entry_point, None)
+    items = _audit.load_registered("mine", entry_point, None)
     assert [item.name for item in items] == ["decay", "promote"]
 
 
@@ -88,7 +105,7 @@ def test_a_third_party_target_loads_through_the_same_mechanism(in_root):
 def test_a_missing_library_is_one_skipped_line(monkeypatch, library):
     monkeypatch.setitem(sys.modules, library, None)  # import -> ImportError
     (item,) = _audit.load_targets([library])[0]
-    assert isinstance(item, _audit.Skipped)
+    assert isinstance(item, SkippedCase)
     assert item.reason == (
         f"{library} is not installed, so its target is skipped: pip install 'jax_dtypeguard[all]'"
     )
@@ -221,12 +238,23 @@ def test_every_optax_transformation_constructor_is_a_row(optax, items):
 
 
 def test_the_shared_optimizer_discovery(optax):
-    from jax_dtypeguard._audit_optax import optimizers
+    from jax_dtypeguard._audit._optax import optimizers
 
     found = optimizers()
     assert {"adam", "adamw", "sgd", "lbfgs", "contrib.prodigy", "contrib.muon"} <= set(found)
     assert not any(name.split(".")[-1].startswith("scale_by_") for name in found)
     assert found["adam"] is optax.adam
+
+
+def test_the_labels_of_wrapped_transformations_are_a_cache_clear_caches_empties(optax):
+    import jax_dtypeguard as dg
+    from jax_dtypeguard._audit import _optax
+
+    inner = _optax._argument_values(optax)["inner"]()  # the adam a wrapper wraps, labelled
+    assert _optax._describe(inner, optax) == "adam"
+    dg.clear_caches()
+    assert len(_optax._LABELS) == 0
+    assert _optax._describe(inner, optax) is None
 
 
 def test_wrappers_say_what_they_wrap(items):
@@ -239,16 +267,16 @@ def test_wrappers_say_what_they_wrap(items):
         "multi_transform(adam, sgd)",
         "lookahead(adam)",  # audited on LookaheadParams
     ):
-        assert isinstance(items[name], _audit.Subject), name
+        assert isinstance(items[name], AuditSubject), name
 
 
 def test_skipped_rows_say_what_to_do(items):
     # sm3 rejects 0-d params: audited without the scalar, and the row says so.
     for name in ("sm3", "scale_by_sm3"):
-        assert isinstance(items[name], _audit.Subject), name
+        assert isinstance(items[name], AuditSubject), name
         assert items[name].warnings[0] == "audited without the scalar param: it rejects 0-d params"
     for item in items.values():
-        if isinstance(item, _audit.Skipped):
+        if isinstance(item, SkippedCase):
             assert "your own Case" in item.reason, item.reason
             assert "IndexError" not in item.reason
 
@@ -288,7 +316,7 @@ def test_jit_compiles_once_when_the_state_holds(items):
 
 @pytest.mark.parametrize(("params", "grads"), [("bfloat16", "float32"), ("float16", "float64")])
 def test_mixed_precision_promotes_adam_moments(optax, params, grads):
-    from jax_dtypeguard._audit_optax import optax_target
+    from jax_dtypeguard._audit._optax import optax_target
 
     (adam,) = [item for item in optax_target(grads) if item.name == "adam"]
     result = _audit.run_case(adam, params, grads_dtype=grads)
@@ -302,14 +330,14 @@ def test_init_buffers_that_leave_the_params_dtype_are_reported(optax):
     # A transformation whose init builds its moment in float32 for any params.
     import jax.numpy as jnp
 
-    from jax_dtypeguard._audit_init import InitCheck, check_init
+    from jax_dtypeguard._audit._init import check_init
 
     def init(params):
         return {"mu": {k: jnp.zeros(v.shape) for k, v in params.items()}, "count": jnp.zeros([])}
 
-    from jax_dtypeguard._audit_optax import params
+    from jax_dtypeguard._audit._optax import params
 
-    check = InitCheck(init, lambda dtype: (params(dtype),), 0, "opt_state")
+    check = InitCheck(init, lambda dtype: (params(dtype),), reference=0, root="opt_state")
     found = check_init(check, "bfloat16", [])
     assert {m.path for m in found} == {f"opt_state['mu']['{k}']" for k in params("float32")}
     matrix = next(m for m in found if m.path.endswith("['matrix']"))

@@ -9,6 +9,7 @@ import inspect
 import pytest
 
 from jax_dtypeguard import _audit
+from jax_dtypeguard.testing import AuditSubject, SkippedCase
 
 COLUMNS = ("float16", "bfloat16", "float32", "float32+x64", "float64")
 
@@ -28,7 +29,7 @@ def run(item, column):
 def optimistix():
     optx = pytest.importorskip("optimistix")
     pytest.importorskip("optax")
-    from jax_dtypeguard._audit_optimistix import optimistix_target
+    from jax_dtypeguard._audit._optimistix import optimistix_target
 
     return optx, rows(optimistix_target())
 
@@ -56,8 +57,8 @@ def test_every_optimistix_solver_is_a_row(optimistix):
         "optimistix.OptaxMinimiser(adam)",
         "optimistix.OptaxMinimiser(lbfgs)",
     ):
-        assert isinstance(items[name], _audit.Subject), name
-    assert [i.name for i in items.values() if isinstance(i, _audit.Skipped)] == []
+        assert isinstance(items[name], AuditSubject), name
+    assert [i.name for i in items.values() if isinstance(i, SkippedCase)] == []
 
 
 @pytest.mark.parametrize("column", COLUMNS)
@@ -140,7 +141,7 @@ def test_optimistix_paths_start_with_each_parameters_name(optimistix):
 @pytest.fixture(scope="module")
 def diffrax():
     dfx = pytest.importorskip("diffrax")
-    from jax_dtypeguard._audit_diffrax import diffrax_target
+    from jax_dtypeguard._audit._diffrax import diffrax_target
 
     return dfx, rows(diffrax_target())
 
@@ -160,7 +161,7 @@ def test_every_runge_kutta_solver_and_controller_is_three_rows(diffrax):
     assert {"Tsit5", "Dopri5", "Kvaerno5", "KenCarp4", "PIDController"} <= solvers
     for name in solvers:
         for suffix in ("", " (t float32)", " (t float64)"):
-            assert isinstance(items[f"diffrax.{name}{suffix}"], _audit.Subject), name + suffix
+            assert isinstance(items[f"diffrax.{name}{suffix}"], AuditSubject), name + suffix
 
 
 @pytest.mark.parametrize("column", COLUMNS)
@@ -209,16 +210,16 @@ def test_implicit_solver_drift_names_the_closure_argument(diffrax):
 @pytest.fixture(scope="module")
 def contrib():
     pytest.importorskip("optax")
-    from jax_dtypeguard._audit_optax import contrib_target
+    from jax_dtypeguard._audit._optax import contrib_target
 
     return rows(contrib_target())
 
 
 def test_contrib_rows(contrib):
     assert {"contrib.prodigy", "contrib.muon", "contrib.sophia"} <= set(contrib)
-    assert isinstance(contrib["contrib.sophia"], _audit.Subject)  # gets obj_fn
+    assert isinstance(contrib["contrib.sophia"], AuditSubject)  # gets obj_fn
     for item in contrib.values():
-        if isinstance(item, _audit.Skipped):
+        if isinstance(item, SkippedCase):
             assert "your own Case" in item.reason
 
 

@@ -74,15 +74,6 @@ def test_flatten_like_gives_the_values_at_leaf_positions():
     assert _compat.flatten_like(treedef, {"a": x, "b": (1, (x, x))}) == [x, 1, (x, x)]
 
 
-def test_jit_cache_size_counts_compilations():
-    f = jax.jit(lambda x: x + 1)
-    f(jnp.ones(2))
-    f(jnp.ones(2))
-    assert _compat.jit_cache_size(f) == 1
-    f(jnp.ones(3))
-    assert _compat.jit_cache_size(f) == 2
-
-
 # --- jaxpr access for provenance: each fails loudly if JAX renames what it reads -------------
 
 
@@ -168,3 +159,63 @@ def test_jaxtyping_shape_memo_accessor():
         assert isinstance(jnp.zeros((2, 3)), Float[Array, "a b"])
         single = _compat.get_shape_memo()[0]
     assert single == {"a": 2, "b": 3}
+
+
+def test_every_jit_trace_goes_through_the_point_the_recompile_explainer_observes():
+    from jax._src import pjit
+
+    module, name, original = _compat._jit_trace_point()
+    assert module is pjit and callable(original), "JAX moved the function jit traces through"
+    seen = []
+
+    def observe(trace, run):
+        seen.append(trace)
+        result = run()
+        seen.append(_compat.traced_jaxpr(result))
+        return result
+
+    def scale(x, n, *, bias):
+        return x * n + bias
+
+    jitted = jax.jit(scale, static_argnums=1)
+    installed = getattr(module, name)  # explain_recompiles' observer, if an earlier test set it
+    _compat.observe_jit_traces(observe)
+    try:
+        jitted(jnp.ones(2), 3, bias=1.0)
+        jitted(jnp.ones(2), 3, bias=2.0)  # jit's cache: not traced
+        jitted(np.ones(2, np.float32), 3, bias=2.0)  # a new dispatch entry, no trace
+    finally:
+        setattr(module, name, installed)
+    trace, jaxpr = seen[0], seen[-1]  # between them: the traces of jnp's jitted functions
+    assert [t.fun for t in seen if isinstance(t, _compat.JitTrace) and t.fun is scale] == [scale]
+    assert trace.fun is scale
+    assert trace.args[1] == 3 and set(trace.kwargs) == {"bias"}
+    assert trace.static_argnums == (1,)
+    assert trace.signature is not None and list(trace.signature.parameters) == ["x", "n", "bias"]
+    assert not trace.primitive
+    assert jaxpr.jaxpr.invars[0].aval.shape == (2,)
+
+
+def test_eager_operations_are_jits_of_one_primitive():
+    from jax._src import pjit
+
+    module, name, _ = _compat._jit_trace_point()
+    installed = getattr(module, name)  # explain_recompiles' observer, if an earlier test set it
+    seen = []
+    _compat.observe_jit_traces(lambda trace, run: (seen.append(trace), run())[1])
+    try:
+        jnp.ones(17) * 2.5  # eager: each primitive jitted on its own
+    finally:
+        setattr(module, name, installed)
+    assert module is pjit
+    assert any(trace.primitive for trace in seen)
+
+
+def test_compile_events_are_named_as_jax_records_them():
+    events = _compat.compile_events()
+    assert set(events.values()) == {"trace", "lower", "compile"}, "JAX renamed its events"
+    recorded, listening = [], [True]
+    _compat.listen_to_durations(lambda event, seconds, **kw: listening and recorded.append(event))
+    jax.jit(lambda x: x - 7)(jnp.ones(19))
+    listening.clear()
+    assert {events[e] for e in recorded if e in events} >= {"lower", "compile"}

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard._compat import enable_x64, get_aval, jit_cache_size
+from jax_dtypeguard._compat import enable_x64, get_aval
 
 optax = pytest.importorskip("optax")
 from jax_dtypeguard.optax import invariant  # noqa: E402
@@ -435,11 +435,12 @@ def jitted_run(tx, params, grads_dtype=None, steps=3):
 
     jitted = jax.jit(step)
     state = tx.init(params)
-    for _ in range(steps):
-        params, new_state = jitted(params, state)
-        assert types(new_state) == types(state)
-        state = new_state
-    return jit_cache_size(jitted), params
+    with dg.explain_recompiles(quiet=True) as report:
+        for _ in range(steps):
+            params, new_state = jitted(params, state)
+            assert types(new_state) == types(state)
+            state = new_state
+    return compiles(report, jitted), params
 
 
 @pytest.mark.parametrize("name", COMBINATIONS)
@@ -581,7 +582,7 @@ QUICK = {"adam", "sgd", "lbfgs"}
 
 def optax_optimizers():
     """Every optimizer function in Optax's aliases and in `optax.contrib`, by name."""
-    from jax_dtypeguard._audit_optax import optimizers
+    from jax_dtypeguard._audit._optax import optimizers
 
     return {name: fn for name, fn in optimizers(optax).items() if name not in NOT_SWEPT}
 
@@ -614,9 +615,10 @@ def sweep_run(name, dtype, grads_dtype=None, wrap=True, steps=3):
     jitted = jax.jit(step)
     params = make_params(dtype)
     init = state = tx.init(params)
-    for _ in range(steps):
-        params, state = jitted(params, state)
-    return jit_cache_size(jitted), init, state
+    with dg.explain_recompiles(quiet=True) as report:
+        for _ in range(steps):
+            params, state = jitted(params, state)
+    return compiles(report, jitted), init, state
 
 
 def sweep_params(names):
@@ -655,3 +657,9 @@ def test_every_optimizer_keeps_low_precision_state_under_float32_grads(name, dty
         compiles, init, final = sweep_run(name, jnp.dtype(dtype), jnp.float32)
     assert types(final) == types(init)
     assert compiles == 1
+
+
+def compiles(report, jitted):
+    """How many times `jitted` compiled (was traced by jit) within `report`'s scope; not
+    `_cache_size()`, which also counts C++ dispatch entries that did not trace."""
+    return sum(f.compiles for f in report.functions if f.name == jitted.__qualname__)

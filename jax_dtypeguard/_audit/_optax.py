@@ -18,8 +18,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._audit import InitCheck, Item, Skipped, Subject, first_line, first_that_runs
-from .testing import Case
+from .._caches import Cache
+from ..testing import AuditSubject, Case, InitCheck, SkippedCase
+from ._probe import first_that_runs
+from ._targets import Item, first_line
 
 # A small params pytree: a matrix, a vector and a scalar.
 SHAPES = {"matrix": (4, 3), "vector": (3,), "scalar": ()}
@@ -95,24 +97,30 @@ def optimizers(optax: Any = None) -> dict[str, Callable[..., Any]]:
     return found
 
 
-def transformations(module: Any = None, prefix: str = "") -> list[tuple[str, Any]]:
+def transformations(
+    module: Any = None, prefix: str = ""
+) -> tuple[list[tuple[str, Any]], dict[str, str]]:
     """`(row name, transformation)` for every transformation `module` (default:
     `optax`) exports that builds with the audit's arguments: what the `optax`
-    target audits, for benchmarks that time the same set."""
+    target audits, for benchmarks that time the same set; and, by name, why
+    each constructor certain to build one could not be built."""
     import optax
 
     values = _argument_values(optax)
     found = []
+    not_built = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # deprecated aliases still build
         for constructor in constructors(module or optax, prefix):
             try:
                 tx, display = _construct(constructor.name, constructor.fn, optax, values)
-            except Exception:
+            except Exception as error:
+                if constructor.certain:
+                    not_built[constructor.name] = first_line(error)
                 continue
             if isinstance(tx, optax.GradientTransformation):
                 found.append((display, tx))
-    return found
+    return found, not_built
 
 
 def _return_annotation(fn: Any) -> str:
@@ -125,11 +133,11 @@ def _return_annotation(fn: Any) -> str:
     return annotation if isinstance(annotation, str) else repr(annotation)
 
 
-_LABELS: dict[int, tuple[Any, str]] = {}  # id -> (transformation, its name in a row)
+_LABELS = Cache()  # id -> (transformation, its name in a row)
 
 
 def _labelled(tx: Any, label: str) -> Any:
-    _LABELS[id(tx)] = (tx, label)
+    _LABELS.remember(id(tx), (tx, label))
     return tx
 
 
@@ -271,7 +279,7 @@ def _optax_case(
     make_params: Callable[[str], Any],
     mirrored: bool,
     extra: tuple[str, ...],
-) -> Subject:
+) -> AuditSubject:
     def grads_of(dtype: str) -> Any:
         # Lookahead's params hold fast and slow copies; the gradients are of the fast ones.
         like = getattr(make_params(dtype), "fast", make_params(dtype))
@@ -296,9 +304,13 @@ def _optax_case(
     update.__qualname__ = f"{name}.update"
     case = Case(name, update, lambda dtype: tx.init(make_params(dtype)), make_args, 1, 1)
     init = InitCheck(
-        tx.init, lambda dtype: (make_params(dtype),), 0, "opt_state", mirrored=mirrored
+        tx.init,
+        lambda dtype: (make_params(dtype),),
+        reference=0,
+        root="opt_state",
+        mirrored=mirrored,
     )
-    return Subject(case, init, source=tx.update)
+    return AuditSubject(case, init=init, source=tx.update)
 
 
 def _follows_params(constructor: Callable[..., Any]) -> bool:
@@ -339,7 +351,7 @@ def _items(module: Any, prefix: str, grads_dtype: str | None) -> list[Item]:
                 tx, display = _construct(constructor.name, constructor.fn, optax, values)
             except Exception as error:
                 if constructor.certain:
-                    items.append(Skipped(constructor.name, _unbuildable(error)))
+                    items.append(SkippedCase(constructor.name, _unbuildable(error)))
                 continue
             if not isinstance(tx, optax.GradientTransformation):
                 continue  # not a transformation after all
@@ -360,7 +372,7 @@ def _items(module: Any, prefix: str, grads_dtype: str | None) -> list[Item]:
             for w in caught
         )
         if isinstance(subject, BaseException):
-            items.append(Skipped(display, _unusable(subject)))
+            items.append(SkippedCase(display, _unusable(subject)))
         else:
             items.append(dataclasses.replace(subject, warnings=subject.warnings + noted))
     return items

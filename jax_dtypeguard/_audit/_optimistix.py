@@ -19,17 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._audit import INSTALL_HINT as INSTALL
-from ._audit import (
-    InitCheck,
-    Item,
-    Skipped,
-    Subject,
-    fails_on_problem,
-    first_that_runs,
-    rows_of,
-)
-from .testing import Case
+from ..testing import AuditSubject, Case, InitCheck, SkippedCase
+from ._probe import fails_on_problem, first_that_runs, rows_of
+from ._targets import INSTALL_HINT, Item
 
 # The kinds of solver, each with its problems (tried in order: vector, then scalar).
 _KINDS = ("AbstractMinimiser", "AbstractRootFinder", "AbstractLeastSquaresSolver")
@@ -120,9 +112,9 @@ def _optax_optimizers() -> list[tuple[str, Any]]:
     ]
 
 
-def _solvers(optx: Any) -> list[tuple[str, str, Any] | Skipped]:
+def _solvers(optx: Any) -> list[tuple[str, str, Any] | SkippedCase]:
     """`(row name, kind, solver)` for every solver class Optimistix exports."""
-    found: list[tuple[str, str, Any] | Skipped] = []
+    found: list[tuple[str, str, Any] | SkippedCase] = []
     representatives = _representatives(optx)
     for name in sorted(dir(optx), key=str.lower):
         cls = getattr(optx, name)
@@ -143,7 +135,7 @@ def _solvers(optx: Any) -> list[tuple[str, str, Any] | Skipped]:
             try:
                 optimizers = _optax_optimizers()
             except ImportError:
-                found.append(Skipped(row, f"optax is not installed: {INSTALL}"))
+                found.append(SkippedCase(row, f"optax is not installed: {INSTALL_HINT}"))
                 continue
             for optimizer_name, optimizer in optimizers:
                 found.append(
@@ -153,7 +145,7 @@ def _solvers(optx: Any) -> list[tuple[str, str, Any] | Skipped]:
         missing = [p for p in required if p not in _TOLERANCES]
         if missing:
             found.append(
-                Skipped(
+                SkippedCase(
                     row,
                     f"needs {', '.join(missing)}, which the audit cannot guess; audit it "
                     "with your own Case (module:attribute target)",
@@ -164,7 +156,7 @@ def _solvers(optx: Any) -> list[tuple[str, str, Any] | Skipped]:
     return found
 
 
-def _case(row: str, solver: Any, problem: Problem) -> Subject:
+def _case(row: str, solver: Any, problem: Problem) -> AuditSubject:
     import equinox as eqx
 
     tags: frozenset[object] = frozenset()
@@ -184,9 +176,9 @@ def _case(row: str, solver: Any, problem: Problem) -> Subject:
 
     step.__qualname__ = f"{type(solver).__qualname__}.step"
     case = Case(row, step, make=make, state_arg=(1, 4), out=(0, 1), traced=eqx.is_array)
-    init = InitCheck(solver.init, init_args, 1, "state", traced=eqx.is_array)
+    init = InitCheck(solver.init, init_args, reference=1, root="state", traced=eqx.is_array)
     notes = (f"audited on {problem.note}",) if problem.note else ()
-    return Subject(case, init, notes, source=type(solver).step)
+    return AuditSubject(case, init=init, warnings=notes, source=type(solver).step)
 
 
 def optimistix_target() -> list[Item]:

@@ -17,39 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._call_site import equation_location, user_frame
-from ._compat import Tracer
-from ._decorator import describe_location
-from ._errors import Mismatch, Origin, short_path
-from ._signature import LeafSignature
+from .._call_site import equation_location, user_frame
+from .._compat import Tracer
+from .._errors import Mismatch, Origin, short_path
+from .._plan import describe_location
+from .._signature import LeafSignature, split_traced
+from ..testing import InitCheck
 
 _tree = jax.tree_util
-
-
-@dataclasses.dataclass(frozen=True)
-class InitCheck:
-    """How a case's state is built, so that the audit checks `init` too.
-
-    **Attributes:**
-
-    - `fn`: the `init` function.
-    - `make_args`: `make_args(dtype)`, `init`'s positional arguments at a dtype.
-    - `reference`: the index among them of the params (or `y0`) whose dtypes
-      the state's per-parameter buffers follow.
-    - `root`: the state's name in the step's report (`opt_state`, `state`).
-    - `select`: the state within `init`'s return value (default: all of it).
-    - `traced`: which leaves of the arguments are traced (as `Case.traced`).
-    - `mirrored`: whether the state's buffers that mirror the params follow
-      their dtype (`False` where the library fixes another dtype on purpose).
-    """
-
-    fn: Callable[..., Any]
-    make_args: Callable[[str], Sequence[Any]]
-    reference: int
-    root: str
-    select: Callable[[Any], Any] | None = None
-    traced: Callable[[Any], bool] | None = None
-    mirrored: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +68,11 @@ def _matches(reference: Any) -> Callable[[Any], bool]:
 
 def _init_leaves(check: InitCheck, dtype: str) -> dict[str, _Leaf]:
     """Every array leaf of `init`'s state at `dtype`, by path below the root."""
-    from .testing import _split_static
-
     args = list(check.make_args(dtype))
     reference = args[check.reference]
     ref_leaves = _tree.tree_leaves(reference)
     mirrored = check.mirrored and any(np.ndim(leaf) > 0 for leaf in ref_leaves)
-    values, rebuild = _split_static(args, check.traced)
+    values, rebuild = split_traced(args, check.traced)
     paths: list[str] = []
     follows: list[LeafSignature | None] = []
 

@@ -14,7 +14,7 @@ import re
 import traceback
 from typing import Any
 
-from ._errors import Mismatch, Origin, short_path
+from .._errors import Mismatch, Origin, short_path
 
 # "while_loop body function carry input and carry output must have equal types"
 _LOOP = re.compile(r"^(?P<loop>while_loop|scan|fori_loop|cond|switch)\b")

@@ -18,18 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._audit import (
-    InitCheck,
-    Item,
-    NotApplicable,
-    Skipped,
-    Subject,
-    fails_on_problem,
-    first_line,
-    first_that_runs,
-    rows_of,
-)
-from .testing import Case
+from ..testing import AuditSubject, Case, InitCheck, NotApplicable, SkippedCase
+from ._probe import fails_on_problem, first_that_runs, rows_of
+from ._targets import Item, first_line
 
 TIME_DTYPES = (None, "float32", "float64")  # None: the column's dtype
 _TOLERANCES = {"rtol": 1e-3, "atol": 1e-6}
@@ -106,7 +97,7 @@ def _row(name: str, time_dtype: str | None) -> str:
 
 def _solver_case(
     diffrax: Any, name: str, solver: Any, terms: Any, time_dtype: str | None
-) -> Subject:
+) -> AuditSubject:
     def init_args(dtype: str) -> tuple[Any, ...]:
         t0, t1, _ = _times(dtype, time_dtype)
         return terms, t0, t1, _y0(dtype), None
@@ -128,13 +119,13 @@ def _solver_case(
     case = Case(
         _row(name, time_dtype), step, make=make, state_arg=(3, 5), out=(0, 3), traced=_carried
     )
-    init = InitCheck(solver.init, init_args, 3, "solver_state", traced=_carried)
-    return Subject(case, init, source=type(solver).step)
+    init = InitCheck(solver.init, init_args, reference=3, root="solver_state", traced=_carried)
+    return AuditSubject(case, init=init, source=type(solver).step)
 
 
 def _controller_case(
     diffrax: Any, name: str, controller: Any, time_dtype: str | None, fixed_steps: bool = False
-) -> Subject:
+) -> AuditSubject:
     terms = diffrax.ODETerm(_decay)
 
     def func(terms: Any, t: Any, y: Any, args: Any) -> Any:
@@ -176,9 +167,14 @@ def _controller_case(
         traced=_carried,
     )
     init = InitCheck(
-        controller.init, init_args, 3, "controller_state", lambda out: out[1], _carried
+        controller.init,
+        init_args,
+        reference=3,
+        root="controller_state",
+        select=lambda out: out[1],
+        traced=_carried,
     )
-    return Subject(case, init, source=type(controller).adapt_step_size)
+    return AuditSubject(case, init=init, source=type(controller).adapt_step_size)
 
 
 def _exported(diffrax: Any, base: type) -> list[tuple[str, type]]:
@@ -192,8 +188,8 @@ def _exported(diffrax: Any, base: type) -> list[tuple[str, type]]:
     ]
 
 
-def _controllers(diffrax: Any) -> list[tuple[str, Any] | Skipped]:
-    found: list[tuple[str, Any] | Skipped] = []
+def _controllers(diffrax: Any) -> list[tuple[str, Any] | SkippedCase]:
+    found: list[tuple[str, Any] | SkippedCase] = []
     for name, cls in _exported(diffrax, diffrax.AbstractStepSizeController):
         required = [
             p.name for p in inspect.signature(cls).parameters.values() if p.default is p.empty
@@ -205,7 +201,7 @@ def _controllers(diffrax: Any) -> list[tuple[str, Any] | Skipped]:
         }
         missing = [p for p in required if p not in values]
         if missing:
-            found.append(Skipped(f"diffrax.{name}", _cannot_guess(missing)))
+            found.append(SkippedCase(f"diffrax.{name}", _cannot_guess(missing)))
             continue
         found.append((name, cls(**{p: values[p]() for p in required})))
     return found
@@ -218,18 +214,18 @@ def _cannot_guess(missing: list[str]) -> str:
     )
 
 
-def _runge_kutta(diffrax: Any) -> list[tuple[str, Any, Any] | Skipped]:
-    found: list[tuple[str, Any, Any] | Skipped] = []
+def _runge_kutta(diffrax: Any) -> list[tuple[str, Any, Any] | SkippedCase]:
+    found: list[tuple[str, Any, Any] | SkippedCase] = []
     for name, cls in _exported(diffrax, diffrax.AbstractRungeKutta):
         try:
             solver = _with_tolerances(cls())
         except Exception as error:
-            found.append(Skipped(f"diffrax.{name}", f"cannot be built: {first_line(error)}"))
+            found.append(SkippedCase(f"diffrax.{name}", f"cannot be built: {first_line(error)}"))
             continue
         terms = _terms(diffrax, solver)
         if terms is None:
             found.append(
-                Skipped(
+                SkippedCase(
                     f"diffrax.{name}",
                     f"takes terms of the form {solver.term_structure}, which the audit does "
                     "not build; audit it with your own Case (module:attribute target)",
@@ -265,7 +261,7 @@ def diffrax_target() -> list[Item]:
     )
 
 
-def _runs(cases: Iterable[Subject]) -> Item:
+def _runs(cases: Iterable[AuditSubject]) -> Item:
     """The first case whose step runs, at its time dtype; else a row saying it fails."""
     cases = list(cases)
     dtype = "float64" if cases[0].name.endswith("(t float64)") else "float32"

@@ -21,7 +21,6 @@ from jax_dtypeguard import (
     _comparisons,
     _errors,
     _plan,
-    _provenance,
     _signature,
     state_dtype_invariant,
 )
@@ -60,7 +59,7 @@ def fill_every_cache() -> dict[str, object]:
         "guarded loop bodies": dl._CACHE,
         "short source paths": _errors._short_path.cache,  # type: ignore[attr-defined]
         "code directories": _call_site.code_directories.cache,  # type: ignore[attr-defined]
-        "user files": _provenance.is_user_file.cache,  # type: ignore[attr-defined]
+        "user files": _call_site._user_code.cache,  # type: ignore[attr-defined]
     }
 
 

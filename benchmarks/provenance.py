@@ -47,8 +47,8 @@ def run(equations: int = 10_000, repeat: int = 3) -> dict[str, Any]:
         explain_s.append(time.perf_counter() - start)
         traced = _provenance._Traced.of(step, parameter, None, (state, grad), {})
         start = time.perf_counter()
-        walker = _provenance._Walker(traced.jaxpr.jaxpr, traced.state_invars)
-        traced.origin(walker, "['x']", "dtype")
+        search = _provenance._OriginSearch(traced.jaxpr.jaxpr, traced.state_invars, 2.0)
+        traced.origin(search, "['x']", "dtype")
         walk_s.append(time.perf_counter() - start)
     return {
         "equations": len(jaxpr.jaxpr.eqns),

@@ -7,7 +7,7 @@
 
 Sections: the core ones (`core.py`: jaxpr, trace, eager, compiles, memory)
 and every optional module below that exists (`annotations.py`, `audit.py`,
-`provenance.py`), each exposing `run() -> dict`. A missing or failing module
+`provenance.py`, `recompiles.py`), each exposing `run() -> dict`. A missing or failing module
 is reported as skipped, with the reason, and the others still run.
 """
 
@@ -44,6 +44,7 @@ SECTIONS: list[tuple[str, str, str | None]] = [
     ("provenance", "provenance", None),
     ("report", "core", "drift_report"),
     ("policy", "policy", None),
+    ("recompiles", "recompiles", "run"),
 ]
 
 

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from ._errors import StateDtypeWarning as StateDtypeWarning
     from ._loop_hook import guard_loops as guard_loops
     from ._policy import Policy as Policy
+    from ._recompile_report import CompiledFunction as CompiledFunction
+    from ._recompile_report import Recompile as Recompile
+    from ._recompile_report import RecompileError as RecompileError
+    from ._recompile_report import RecompileReport as RecompileReport
+    from ._recompiles import explain_recompiles as explain_recompiles
 
 _EXPORTS = {
     "lax": ("lax", None),
@@ -37,6 +42,11 @@ _EXPORTS = {
     "state_dtype_invariant": ("_decorator", "state_dtype_invariant"),
     "guard_loops": ("_loop_hook", "guard_loops"),
     "Policy": ("_policy", "Policy"),
+    "explain_recompiles": ("_recompiles", "explain_recompiles"),
+    "CompiledFunction": ("_recompile_report", "CompiledFunction"),
+    "Recompile": ("_recompile_report", "Recompile"),
+    "RecompileError": ("_recompile_report", "RecompileError"),
+    "RecompileReport": ("_recompile_report", "RecompileReport"),
     "Mismatch": ("_errors", "Mismatch"),
     "Origin": ("_errors", "Origin"),
     "StateDtypeError": ("_errors", "StateDtypeError"),
@@ -44,14 +54,19 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CompiledFunction",
     "Mismatch",
     "Origin",
     "Policy",
+    "Recompile",
+    "RecompileError",
+    "RecompileReport",
     "StateDtypeError",
     "StateDtypeWarning",
     "__version__",
     "clear_caches",
     "config",
+    "explain_recompiles",
     "guard_loops",
     "lax",
     "mode",

@@ -20,7 +20,6 @@ import sys
 import types
 import typing
 import warnings
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,10 +28,11 @@ import jaxtyping
 import numpy as np
 from beartype.door import is_bearable
 
+from ._caches import Cache, WeakCache
 from ._compat import Tracer
 from ._compat import get_shape_memo as _get_shape_memo
 from ._errors import Mismatch
-from ._signature import LeafSignature, NotALeafError, flax_nnx, remember
+from ._signature import ARRAY_TYPES, LeafSignature, NotALeafError, flax_nnx
 
 # --- jaxtyping private API (from _compat). ---------------------------------------
 # The dimension sizes bound so far in the current memo, for messages only.
@@ -65,7 +65,7 @@ _SEQUENCES = (
     collections.abc.Collection,
 )
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
-_LEAVES = (jax.Array, np.ndarray, np.generic, bool, int, float, complex, str, bytes, type(None))
+_LEAVES = (*ARRAY_TYPES, bool, int, float, complex, str, bytes, type(None))
 # TypeVars, and forward references left inside resolved hints (recursive
 # aliases such as chex's `ArrayTree`): checked by value only.
 _OPEN = (typing.TypeVar, typing.ForwardRef)
@@ -210,7 +210,7 @@ class _Record(typing.NamedTuple):
     hintless: bool  # fields, but no annotation on any of them
 
 
-_RECORDS: weakref.WeakKeyDictionary[type, _Record] = weakref.WeakKeyDictionary()
+_RECORDS = WeakCache()  # class -> its fields
 
 
 def _record(cls: type) -> _Record:
@@ -241,10 +241,7 @@ def _record(cls: type) -> _Record:
         text = hint_text(raw.get(name, hint))
         fields.append(_Field(name, hint, text, f"{cls.__qualname__}.{name}"))
     record = _Record(tuple(fields), is_tuple, bool(names) and not raw)
-    try:
-        _RECORDS[cls] = record
-    except TypeError:
-        pass
+    _RECORDS.remember(cls, record)
     return record
 
 
@@ -262,8 +259,9 @@ def _traced_python_scalar(value: Any, hint: Any) -> bool:
     return aval.shape == () and weak_enough and np.dtype(aval.dtype).kind in kinds
 
 
-class _Walk:
-    """One deep check, collecting mismatches; warnings go through the checker."""
+class _HintWalk:
+    """One walk of a call's values against their hints, collecting mismatches; warnings go
+    through the checker."""
 
     __slots__ = ("checker", "mismatches", "problems", "quiet")
 
@@ -360,7 +358,7 @@ class _Walk:
             return
         unsure = None
         for member in members:
-            trial = _Walk(self.checker, quiet=True)
+            trial = _HintWalk(self.checker, quiet=True)
             trial.walk(path, value, member, text, owner)
             if trial.mismatches:
                 continue
@@ -451,7 +449,7 @@ class _Checker:
         self.state_names = state_names
         self.name = getattr(target, "__qualname__", None) or type(fn).__qualname__
         self.plan: _Plan | None = None
-        self.cache: dict[Any, tuple[Mismatch, ...]] = {}
+        self.cache = Cache()  # eager call's signature -> its mismatches
         self.warned: set[str] = set()
 
     def warn(self, owner: str, text: str, reason: str) -> None:
@@ -523,13 +521,13 @@ class _Checker:
                 key = None
         mismatches = self.check(args, kwargs, result)
         if key is not None:
-            remember(self.cache, key, tuple(mismatches))
+            self.cache.remember(key, tuple(mismatches))
         return mismatches
 
     def check(self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> list:
         """The full deep check, uncached."""
         plan = self._plan()
-        walk = _Walk(self)
+        walk = _HintWalk(self)
         arguments: dict[str, Any] = {}
         if plan.signature is not None:
             try:

@@ -1,22 +1,24 @@
-"""Where the user's code is on the stack, and what a caller wrote as the argument of a call
-(`invariant(optax.adamw(1e-3))` -> `adamw`)."""
+"""Whose code is this? Where the user's code is (on the stack, in a jaxpr's equations), and
+what a caller wrote as the argument of a call (`invariant(optax.adamw(1e-3))` -> `adamw`)."""
 
 from __future__ import annotations
 
 import ast
-import functools
 import linecache
 import os
 import site
 import sysconfig
 import types
+from typing import Any
 
 import jax
 
+from ._caches import memoized
+from ._compat import source_frames
 from ._errors import short_path
 
 
-@functools.cache
+@memoized
 def code_directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Directories of JAX (and this package), of the stdlib, of installed packages."""
     import jaxlib
@@ -29,17 +31,45 @@ def code_directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...
     return tuple(internal), tuple(stdlib), tuple(os.path.join(p, "") for p in installed)
 
 
-def user_frame(frame: types.FrameType | None) -> tuple[types.FrameType | None, int]:
-    """The innermost frame from `frame` outwards that is the user's (not JAX's, this
-    package's, the stdlib's or an installed package's), and how many frames out it is."""
-    foreign = tuple(path for group in code_directories() for path in group)
+def is_user_code(path: str, *, installed: bool) -> bool:
+    """Whether the source file `path` is the user's code: not JAX's, not this package's,
+    not the stdlib's; an installed package's (Optax, Equinox) only where `installed`."""
+    return _user_code(path, installed)
+
+
+@memoized
+def _user_code(path: str, installed: bool) -> bool:
+    if path.startswith("<frozen"):
+        return False
+    internal, stdlib, packages = code_directories()
+    path = os.path.abspath(path)
+    if path.startswith(internal):
+        return False
+    if path.startswith(packages):  # installed under the stdlib directory, or beside it
+        return installed
+    return not path.startswith(stdlib)
+
+
+def user_frame(
+    frame: types.FrameType | None, *, installed: bool = False
+) -> tuple[types.FrameType | None, int]:
+    """The innermost frame from `frame` outwards whose code is the user's (`is_user_code`),
+    and how many frames out it is."""
     level = 0
     while frame is not None:
-        file = frame.f_code.co_filename
-        if not file.startswith("<frozen") and not os.path.abspath(file).startswith(foreign):
+        if is_user_code(frame.f_code.co_filename, installed=installed):
             return frame, level
         frame, level = frame.f_back, level + 1
     return None, level
+
+
+def equation_location(eqn: Any) -> tuple[str, int, str] | None:
+    """`(file, line, function)` of the innermost frame of the user's (or an installed
+    library's) code that made the jaxpr equation `eqn`; None if JAX recorded none."""
+    for file, line, function in source_frames(eqn.source_info):
+        if is_user_code(file, installed=True):
+            return short_path(file), line, function
+    return None
 
 
 def written_argument(frame: types.FrameType | None) -> tuple[str, str] | None:

@@ -3,7 +3,8 @@
 `jax.lax` loops take a body output whose leaves have the carry's shape and
 dtype, weak_type aside, and promote a weak initial carry to the body's dtype
 where `jnp.result_type` allows it; Equinox's internal while loop converts
-Python scalars with `jnp.array` and compares shape and dtype only; `cond` and
+Python scalars with `jnp.array` and compares shape and dtype only (it does
+not promote a weak initial carry); `cond` and
 `switch` compare branches' outputs with each other, weak_type aside. A Python
 scalar is typed as JAX types it.
 """
@@ -37,11 +38,43 @@ def accepts(rule: Rule, carry: LeafSignature, output: LeafSignature) -> bool:
         return False
     if carry.dtype == output.dtype:
         return True
-    if rule != "lax" or not carry.weak_type or carry.python_scalar is not None:
+    return rule == "lax" and carry.python_scalar is None and weak_promotion(carry, output)
+
+
+def weak_promotion(carry: LeafSignature, output: LeafSignature) -> bool:
+    """Whether `jax.lax`'s loops promote the weak initial carry `carry` to `output`'s dtype.
+
+    They do where the carry is weak, of another dtype than the body's output,
+    and `jnp.result_type` of the two is the output's dtype (a weak float32
+    `jnp.inf` carried by a float16 body); the loop is then traced again with
+    the carry converted. Equinox's internal while loop does not do this.
+    """
+    if not carry.weak_type or carry.dtype == output.dtype or carry.shape != output.shape:
         return False
-    # jax.lax loops trace again with a weak initial carry promoted to the body's type.
     promoted = jnp.result_type(_python_type_of(carry.dtype), output.dtype)
     return np.dtype(promoted) == output.dtype
+
+
+def weak_promotions(state_in: Any, state_out: Any) -> dict[str, np.dtype]:
+    """The leaves of a loop's initial carry that `jax.lax` would promote, by keypath
+    (below the root): each one's dtype after promotion (the body's output dtype).
+
+    Paths that do not line up (a changed structure, a leaf that is no array)
+    are left out.
+    """
+    leaves_out, tree_out = _tree.tree_flatten(state_out)
+    entries, tree_in = _tree.tree_flatten_with_path(state_in)
+    if tree_in != tree_out:
+        return {}
+    found = {}
+    for (path, leaf_in), leaf_out in zip(entries, leaves_out):
+        try:
+            signature_in, signature_out = LeafSignature.of(leaf_in), LeafSignature.of(leaf_out)
+        except NotALeafError:
+            continue
+        if weak_promotion(signature_in, signature_out):
+            found[_tree.keystr(path)] = signature_out.dtype
+    return found
 
 
 def scalar_for_array(carry: LeafSignature, output: LeafSignature) -> bool:
@@ -83,6 +116,8 @@ def carry_verdict(state_in: Any, state_out: Any, root: str, rule: Rule, weak_typ
         if accepted and not weak_type:
             continue
         leaf = compare_states(leaf_in, leaf_out, where, weak_type)
+        if not leaf.mismatches:  # a Python scalar of the traced carry's own type
+            continue
         found += leaf.mismatches
         if accepted and scalar_for_array(signature_in, signature_out):
             castable.append((index, signature_in))
@@ -96,7 +131,8 @@ def carry_verdict(state_in: Any, state_out: Any, root: str, rule: Rule, weak_typ
 
 
 def accepted_scalars(state_in: Any, state_out: Any, rule: Rule) -> list[str]:
-    """Keypaths (below the root) of Python scalars the loop accepts for array leaves."""
+    """Keypaths (below the root) of Python scalars the loop accepts for array leaves of
+    another type (a weak float for a strong float32 leaf; not `False` for a `bool[]`)."""
     entries = _tree.tree_flatten_with_path(state_in)[0]
     leaves_out, tree_out = _tree.tree_flatten(state_out)
     if _tree.tree_structure(state_in) != tree_out:
@@ -107,8 +143,10 @@ def accepted_scalars(state_in: Any, state_out: Any, rule: Rule) -> list[str]:
             signature_in, signature_out = LeafSignature.of(leaf_in), LeafSignature.of(leaf_out)
         except NotALeafError:
             continue
-        if scalar_for_array(signature_in, signature_out) and accepts(
-            rule, signature_in, signature_out
+        if (
+            scalar_for_array(signature_in, signature_out)
+            and signature_out.as_array() != signature_in
+            and accepts(rule, signature_in, signature_out)
         ):
             paths.append(_tree.keystr(path))
     return paths

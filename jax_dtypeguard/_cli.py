@@ -1,4 +1,6 @@
-"""`jax-dtypeguard audit`: sweep step functions over dtypes, print what drifts."""
+"""`jax-dtypeguard audit`: sweep step functions over dtypes, print what drifts;
+`jax-dtypeguard recompiles`: run a program and explain why its jitted functions
+compiled again."""
 
 from __future__ import annotations
 
@@ -127,7 +129,102 @@ def _parser() -> argparse.ArgumentParser:
         "--output", metavar="FILE", help="write the report to FILE instead of stdout"
     )
     audit.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _add_recompiles(commands)
     return parser
+
+
+_RECOMPILES_DESCRIPTION = """\
+Run a Python program (a script, or a module with -m) as python would, with
+every function that jax.jit compiles watched (eqx.filter_jit and nnx.jit
+included, library code too): the watch starts before the program is imported.
+At exit, print which functions compiled more than once and why: the call, each
+argument leaf whose type changed, and where the change came from."""
+
+_RECOMPILES_EPILOG = """\
+examples:
+  jax-dtypeguard recompiles train.py --lr 0.1
+  jax-dtypeguard recompiles -m mypkg.train --steps 10
+  jax-dtypeguard recompiles --max-compiles 1 train.py
+  jax-dtypeguard recompiles --format json --output recompiles.json train.py
+
+Options go before SCRIPT (or -m MODULE); every argument after it is the
+program's own. The report goes to stderr (the program's stdout stays its own),
+or to FILE with --output.
+
+exit status: the program's own (its sys.exit code; 1 on an uncaught exception,
+whose traceback is printed), or 1 when --max-compiles was exceeded; 2 on bad
+usage (no such script or module, bad option)."""
+
+
+def _add_recompiles(commands: Any) -> None:
+    recompiles = commands.add_parser(
+        "recompiles",
+        help="run a Python program and explain why its jitted functions compiled again",
+        description=_RECOMPILES_DESCRIPTION,
+        epilog=_RECOMPILES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=f"{PROG} recompiles [options] (SCRIPT | -m MODULE) [ARGS ...]",
+        allow_abbrev=False,  # the program's arguments start at the first non-option
+    )
+    recompiles.add_argument(
+        "script", nargs="?", metavar="SCRIPT", help="the Python file to run, as python SCRIPT"
+    )
+    recompiles.add_argument(
+        "-m", dest="module", metavar="MODULE", help="run a module, as python -m MODULE"
+    )
+    recompiles.add_argument(
+        "args", nargs="*", metavar="ARGS", help="the program's own arguments (its sys.argv[1:])"
+    )
+    recompiles.add_argument(
+        "--max-compiles",
+        type=_positive_int,
+        metavar="N",
+        help="fail (RecompileError at the call, exit status 1) when any one function "
+        "compiles more than N times",
+    )
+    recompiles.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="the report's format (default: text)",
+    )
+    recompiles.add_argument(
+        "--output", metavar="FILE", help="write the report to FILE instead of stderr"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of compiles >= 1, got {text!r}")
+    return value
+
+
+_RECOMPILES_VALUED = ("--max-compiles", "--format", "--output")
+
+
+def _split_program(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`recompiles`'s own options (up to and including SCRIPT or -m MODULE) and the
+    program's arguments (everything after), as python splits its command line."""
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":  # the next argument is the script, even if it starts with "-"
+            return list(args[: index + 2]), list(args[index + 2 :])
+        if arg == "-m":
+            return list(args[: index + 2]), list(args[index + 2 :])
+        if arg.startswith("-m") and not arg.startswith("--"):  # -mpackage.module
+            return list(args[: index + 1]), list(args[index + 1 :])
+        if arg in _RECOMPILES_VALUED:
+            index += 2
+        elif arg.startswith("-"):
+            index += 1
+        else:
+            return list(args[: index + 1]), list(args[index + 1 :])
+    return list(args), []
 
 
 # --- rendering ------------------------------------------------------------
@@ -497,6 +594,39 @@ def _audit(options: argparse.Namespace) -> int:
     return 1 if _audit.failed(results) else 0
 
 
+def _recompiles(options: argparse.Namespace) -> int:
+    from . import _program
+
+    if (options.script is None) == (options.module is None):
+        raise _UsageError("give the program to run: a SCRIPT or -m MODULE")
+    try:
+        _program.find_program(script=options.script, module=options.module)
+    except _program.ProgramNotFound as error:
+        raise _UsageError(str(error)) from None
+    output = None
+    if options.output:
+        try:
+            output = open(options.output, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as error:
+            raise _UsageError(f"cannot write --output {options.output}: {error}") from None
+    # Imported only now: JAX starts with the program, not with a usage error.
+    from . import explain_recompiles
+
+    try:
+        with explain_recompiles(max_compiles=options.max_compiles, quiet=True) as report:
+            status = _program.run_program(
+                script=options.script, module=options.module, args=options.args
+            )
+        text = report.to_json() if options.format == "json" else str(report)
+        stream = output or sys.stderr
+        stream.write(text if text.endswith("\n") else text + "\n")
+        stream.flush()
+    finally:
+        if output is not None:
+            output.close()
+    return 1 if report.exceeded else status
+
+
 def _import_from_cwd() -> None:
     """Puts the current directory on `sys.path`, so that a `module:attribute`
     target imports from it (as `python -m` would; the console script does not)."""
@@ -521,11 +651,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     **Returns:**
 
-    The exit status: 0 when every case holds, 1 when some case drifted, 2 on
-    bad usage (reported as one line on stderr).
+    The exit status. `audit`: 0 when every case holds, 1 when some case
+    drifted. `recompiles`: the program's own status, or 1 when
+    `--max-compiles` was exceeded. Both: 2 on bad usage (reported as one line
+    on stderr).
     """
     parser = _parser()
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if argv[:1] == ["recompiles"]:
+            own, program = _split_program(argv[1:])
+            options = parser.parse_args(["recompiles", *own])
+            options.args = program
+            return _recompiles(options)
         options = parser.parse_args(argv)
         if options.command is None:
             parser.print_help(sys.stderr)

@@ -79,7 +79,13 @@ def compare_leaves(
         sa, sb = _signature(a, path), _signature(b, path)  # the error that names the leaf
     if sa == sb:
         return [], None
-    if (sa.python_scalar is None) != (sb.python_scalar is None):
+    if sb.python_scalar is not None and sa.python_scalar is None and isinstance(a, Tracer):
+        # Inside a trace, `jit` and JAX's loops make a returned Python scalar the array
+        # of its aval: the same as the traced input leaf's is no drift, another is that
+        # dtype or weak_type drift, cast like an array's (`sb` keeps its name for reports).
+        if sb.as_array() == sa:
+            return [], None
+    elif (sa.python_scalar is None) != (sb.python_scalar is None):
         # A Python scalar that an eager step returns as a 0-d array of its kind: cast to
         # the weak array `jit` makes of the scalar. A traced array for a scalar that
         # stayed static (Equinox's filtering) cannot be made static again by a cast.

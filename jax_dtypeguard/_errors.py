@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from ._caches import memoized
 from ._signature import category
 
-Kind = Literal["structure", "shape", "dtype", "weak_type", "sharding", "annotation"]
+Kind = Literal["structure", "shape", "dtype", "weak_type", "sharding", "annotation", "static"]
 Side = Literal["input", "output"]
 CASTABLE_KINDS = frozenset({"dtype", "weak_type"})
 
@@ -55,7 +55,8 @@ class Mismatch:
     - `path`: the leaf's JAX keypath, rooted at the state's name
       (`opt_state[0].mu`).
     - `kind`: `"structure"`, `"shape"`, `"dtype"`, `"weak_type"`,
-      `"sharding"` or `"annotation"`.
+      `"sharding"`, `"annotation"`, or `"static"` (a static argument of a
+      jitted function that changed value, in `explain_recompiles` reports).
     - `expected`: the input state's type at that path (or the annotation).
     - `got`: the output's type at that path (or what was found).
     - `origin`: where a dtype/weak_type drift was introduced, or `None`.
@@ -292,7 +293,7 @@ def short_path(path: str) -> str:
     return _short_path(path, os.getcwd())
 
 
-@functools.lru_cache(maxsize=1024)
+@memoized
 def _short_path(path: str, cwd: str) -> str:
     marker = "site-packages" + os.sep
     if marker in path:

@@ -20,6 +20,7 @@ from typing import Any, cast
 import jax
 
 from . import _annotations
+from ._caches import Cache
 from ._cast import cast_back
 from ._compare import OK, Verdict
 from ._comparisons import EXACT, Comparison
@@ -29,7 +30,7 @@ from ._delivery import deliver
 from ._errors import Mismatch, Report
 from ._nnx import as_tree, is_graph_node, returning, write_back
 from ._plan import INPLACE, CallPlan, StateParameter, describe_location, replace_in, select
-from ._signature import NotALeafError, array_keys, leaf_keys, remember
+from ._signature import NotALeafError, array_keys, leaf_keys, state_keys
 
 _tree = jax.tree_util
 # Reports show the user's frames, not this package's: JAX filters these files out of the
@@ -142,8 +143,8 @@ class Guard:
         keyed = returned_one and comparison.keyed and policy is None
         self._one = (plan.states[0], out) if keyed and not isinstance(out, str) else None
         self.annotations = _annotations.checker_for(fn, plan.names) if annotations else None
-        self.verdicts: dict[Any, Verdict] = {}
-        self.explained: dict[Any, list[Mismatch]] = {}
+        self.verdicts = Cache()  # eager signatures -> Verdict
+        self.explained = Cache()  # (signatures, mismatches) -> mismatches with origins
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -172,7 +173,7 @@ class Guard:
                 if keys is None:
                     leaves_out, tree_out = _tree.tree_flatten(state_out)
                     try:
-                        keys = (leaf_keys(leaves_in), leaf_keys(leaves_out))
+                        keys = state_keys(leaves_in, leaves_out)
                     except NotALeafError:
                         keys = None
                 if keys is not None and self.annotations is None:
@@ -296,7 +297,7 @@ class Guard:
             return self.comparison.verdict(before.tree(), state_out, parameter.name, weak_type)
         leaves_out, tree_out = _tree.tree_flatten(state_out)
         try:
-            keys = (leaf_keys(before.leaves), leaf_keys(leaves_out))
+            keys = state_keys(before.leaves, leaves_out)
         except NotALeafError:
             keys = None
         return self._verdict_of(number, parameter, before, state_out, tree_out, keys, weak_type)
@@ -325,7 +326,7 @@ class Guard:
         except TypeError as error:
             raise TypeError(f"{self.name}: {error}") from None
         if keys is not None:
-            remember(self.verdicts, key, verdict)
+            self.verdicts.remember(key, verdict)
         return verdict
 
     def _explain(
@@ -354,7 +355,7 @@ class Guard:
                 returned = cast(int | None, out)
                 explained = explain(self.fn, parameter, returned, args, kwargs, explained)
         if key is not None:
-            remember(self.explained, key, explained)
+            self.explained.remember(key, explained)
         return explained
 
     def _report(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.abc
 import inspect
 import sys
 import threading
@@ -26,11 +27,18 @@ import jax.numpy as jnp
 
 from . import _config
 from ._call_site import user_frame
-from ._carry_rules import accepted_scalars, carry_verdict
+from ._carry_rules import Rule, accepted_scalars, carry_verdict
 from ._cast import cast_back
 from ._comparisons import LoopRule
+from ._compat import (
+    equinox_common_rewrite,
+    equinox_loop_imported,
+    equinox_loop_rewrites,
+    set_equinox_loop_rewrite,
+)
 from ._config import Fixed, Mode
 from ._delivery import deliver
+from ._equinox_loop import promote_weak_carry, weak_carry_note
 from ._errors import Report, StateDtypeError, short_path
 from ._guard import Guard, Reporting
 from ._guarded import guarded_callable, is_guarded
@@ -95,19 +103,23 @@ def _carry_guard(
     out: int | None,
     settings: _config.LoopSettings,
     form: str,
+    rule: Rule = "lax",
 ) -> Callable[..., Any]:
-    """`fn`, a loop body, comparing its carry out with its carry in under `jax.lax`'s rule."""
+    """`fn`, a loop body, comparing its carry out with its carry in under `rule`."""
     parameter = StateParameter.at(fn, position, "carry")
 
     def notes(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> list[str]:
         state_out = result if out is None else result[out]
-        accepted = accepted_scalars(args[position], state_out, "lax")
-        return _context(form, [parameter.name + path for path in accepted])
+        accepted = accepted_scalars(args[position], state_out, rule)
+        lines = _context(form, [parameter.name + path for path in accepted])
+        if rule == "equinox":
+            lines += weak_carry_note(args[position], state_out, parameter.name)
+        return lines
 
     guard = Guard(
         fn,
         CallPlan.single(parameter, out),
-        comparison=LoopRule("lax"),
+        comparison=LoopRule(rule),
         settings=Fixed(
             settings.mode,
             settings.weak_type,
@@ -344,13 +356,21 @@ def _report_branches(
 
 
 def _equinox_rewrite(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Equinox's `common_rewrite`, whose `body_fun` is guarded (its carry is Equinox's own)."""
+    """Equinox's `common_rewrite`, whose `body_fun` is guarded under Equinox's rule (its
+    carry is Equinox's own); in cast mode a weak initial carry is promoted first, as
+    `jax.lax.while_loop` would promote it."""
 
     @functools.wraps(original)
     def common_rewrite(cond_fun, body_fun, init_val, *args, **kwargs):
         settings = _config.loop_settings()
         if settings is not None and callable(body_fun) and not _already_guarded(body_fun):
-            body_fun = _carry_guard(body_fun, 0, None, settings, "equinox.internal.while_loop")
+            if settings.mode == "cast":
+                init_val = promote_weak_carry(
+                    original, cond_fun, body_fun, init_val, *args, **kwargs
+                )
+            body_fun = _carry_guard(
+                body_fun, 0, None, settings, "equinox.internal.while_loop", "equinox"
+            )
         rewritten = original(cond_fun, body_fun, init_val, *args, **kwargs)
         with contextlib.suppress(AttributeError, TypeError):
             setattr(rewritten[1], _EQUINOX_MARK, True)
@@ -363,24 +383,54 @@ def _equinox_rewrite(original: Callable[..., Any]) -> Callable[..., Any]:
 # Set on Equinox's rewritten bodies: the user's body inside is guarded already, so the
 # `jax.lax` loop Equinox hands them to is not guarded again.
 _EQUINOX_MARK = "__dtypeguard_equinox__"
-_EQUINOX_MODULES = ("loop", "bounded", "checkpointed")
 
 
 def _patch_equinox(install: bool) -> None:
-    common = sys.modules.get("equinox.internal._loop.common")
-    if common is None:
+    original = equinox_common_rewrite()
+    if original is None:
         return
-    original = getattr(common, "common_rewrite", None)
-    for suffix in _EQUINOX_MODULES:
-        module = sys.modules.get(f"equinox.internal._loop.{suffix}")
-        current = getattr(module, "common_rewrite", None)
-        if module is None or current is None:
-            continue
+    for module, current in equinox_loop_rewrites().items():
         hooked = getattr(current, "__dtypeguard_hook__", None)
         if install and hooked is None and current is original:
-            module.common_rewrite = _equinox_rewrite(current)  # type: ignore[attr-defined]
+            set_equinox_loop_rewrite(module, _equinox_rewrite(current))
         elif not install and hooked is not None:
-            module.common_rewrite = hooked  # type: ignore[attr-defined]
+            set_equinox_loop_rewrite(module, hooked)
+
+
+class _EquinoxImport(importlib.abc.MetaPathFinder):
+    """Patches Equinox's loop as soon as it is imported within a scope, so that the
+    first Equinox loop after `import optimistix` inside `guard_loops` is reached too."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != _EQUINOX_LAST:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        execute = getattr(spec.loader, "exec_module", None)
+        if execute is None:
+            return spec
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            with _lock:
+                if _users[0] > 0:
+                    _patch_equinox(True)
+                    _equinox_patched[0] = True
+
+        spec.loader.exec_module = exec_module  # type: ignore[union-attr]
+        return spec
+
+
+# Equinox's loop module, imported after `common`, `bounded` and `checkpointed` (it imports them).
+_EQUINOX_LAST = "equinox.internal._loop.loop"
+_equinox_import = _EquinoxImport()
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,7 +445,7 @@ def _hook(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         settings = _config.loop_settings()
         if settings is None:
             return original(*args, **kwargs)
-        if not _equinox_patched[0] and "equinox.internal._loop.common" in sys.modules:
+        if not _equinox_patched[0] and equinox_loop_imported():
             _patch_equinox(True)
             _equinox_patched[0] = True
         return handle(name, original, settings, args, kwargs)
@@ -419,9 +469,11 @@ def install() -> None:
             current = getattr(jax.lax, name)
             if getattr(current, "__dtypeguard_hook__", None) is None:
                 setattr(jax.lax, name, _hook(name, current))
-        if "equinox.internal._loop.common" in sys.modules:
+        if equinox_loop_imported():
             _patch_equinox(True)
             _equinox_patched[0] = True
+        elif _equinox_import not in sys.meta_path:
+            sys.meta_path.insert(0, _equinox_import)
 
 
 def uninstall() -> None:
@@ -437,6 +489,8 @@ def uninstall() -> None:
                 setattr(jax.lax, name, original)
         _patch_equinox(False)
         _equinox_patched[0] = False
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(_equinox_import)
 
 
 _held_for_config = [False]
@@ -481,12 +535,15 @@ class guard_loops(contextlib.ContextDecorator):
 
     - `mode`: `"check"` (raise `StateDtypeError`), `"cast"` (cast dtype
       drift back to the carry's types, or a disagreeing branch to the types
-      of the branch that keeps the operands' types; raise the rest), `"warn"`
+      of the branch that keeps the operands' types; promote a weak initial
+      carry of Equinox's loop to the body's dtype, as `jax.lax.while_loop`
+      does and Equinox does not; raise the rest), `"warn"`
       (emit a `StateDtypeWarning`, then let JAX or Equinox do what it does),
       or `"off"` (no guard within the block). Strict mode turns cast and
       warn into check.
     - `weak_type`: also report a weak carry that its body makes strong (JAX
-      accepts it silently) and a Python scalar returned for an array carry.
+      accepts it silently) and a Python scalar returned for an array carry
+      of another type (a weak float for a strong `float32[]`).
 
     **Returns:**
 

@@ -8,14 +8,13 @@ place).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._caches import WeakCache
 from ._errors import short_path
 
 EMPTY = inspect.Parameter.empty
@@ -47,9 +46,7 @@ def describe_location(fn: Callable[..., Any]) -> tuple[str, str]:
 
 
 # Each function's parameters, read once: at decoration, then by reports and provenance.
-_PARAMETERS: weakref.WeakKeyDictionary[Any, tuple[inspect.Parameter, ...] | None] = (
-    weakref.WeakKeyDictionary()
-)
+_PARAMETERS = WeakCache()
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[inspect.Parameter, ...] | None:
@@ -61,8 +58,7 @@ def _parameters(fn: Callable[..., Any]) -> tuple[inspect.Parameter, ...] | None:
         parameters = tuple(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         parameters = None
-    with contextlib.suppress(TypeError):  # not weakly referenceable or not hashable
-        _PARAMETERS[fn] = parameters
+    _PARAMETERS.remember(fn, parameters)
     return parameters
 
 

@@ -8,34 +8,32 @@ type. Equations that the input leaf flows into (its *lineage*) are preferred:
 the reader wants the line where their state changed type, and which other
 argument made it change. Nested jaxprs (`jit`, `cond` branches, `while` and
 `scan` bodies, `custom_jvp`/`custom_vjp` calls, `checkpoint`) are walked as
-if inlined.
+if inlined. The rules that decide which equation is blamed, and which argument
+named, are `_blame`'s; which values the input leaf flows into, `_lineage`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 
 from . import _compat, _config
-from ._call_site import code_directories
-from ._compat import cond_branches, is_literal, loop_layout
-from ._errors import Mismatch, Origin, short_path
-from ._lineage import Frame, Lineage, OutOfTime, call_jaxpr
+from ._blame import argument_to_name, before_promotion, blame, departs_from
+from ._call_site import equation_location
+from ._compat import is_literal
+from ._errors import Mismatch, Origin
+from ._lineage import Deadline, Frame, Lineage, OutOfTime, output_sources
 from ._plan import StateParameter, argument_names
-from ._signature import LeafSignature, category, is_static
+from ._signature import ARRAY_TYPES, LeafSignature, is_static
 
 _tree = jax.tree_util
 _KINDS = frozenset({"dtype", "weak_type"})
 # Seconds the walks of one report may take (tracing excluded); past it, no origin.
 _TIME_LIMIT = 2.0
-_ARRAY_TYPES = (jax.Array, _compat.Tracer, np.ndarray, np.generic)
 
 
 def explain(
@@ -78,10 +76,10 @@ def _origins(traced: _Traced, root: str, mismatches: list[Mismatch]) -> list[Mis
     # Lineage bits only for the drifting leaves: one bit per state leaf would make
     # every mask as wide as the state, quadratic memory on wide states.
     lineage = {p: i for p, i in traced.state_invars.items() if p in paths}
-    walker = _Search(traced.jaxpr.jaxpr, lineage, _TIME_LIMIT)
+    search = _OriginSearch(traced.jaxpr.jaxpr, lineage, _TIME_LIMIT)
     explained = []
     for m in mismatches:
-        origin = traced.origin(walker, m.path[len(root) :], m.kind) if m in wanted else None
+        origin = traced.origin(search, m.path[len(root) :], m.kind) if m in wanted else None
         explained.append(m if origin is None else dataclasses.replace(m, origin=origin))
     return explained
 
@@ -177,7 +175,7 @@ class _Traced:
         where = []  # (slot index, leaf index) of each dynamic value
         for s, (_, leaves, leaf_labels, is_state) in enumerate(flat):
             for i, leaf in enumerate(leaves):
-                array = isinstance(leaf, _ARRAY_TYPES)
+                array = isinstance(leaf, ARRAY_TYPES)
                 if is_state:
                     if not (array or isinstance(leaf, (bool, int, float, complex))):
                         continue
@@ -218,60 +216,33 @@ class _Traced:
         outputs = {_tree.keystr(path): offset + j for j, (path, _) in enumerate(entries)}
         return closed, labels, state_invars, outputs
 
-    def choose(self, reached: list[int], path: str, only: bool) -> int | None:
-        """The argument to name: the one at the drifting leaf's own keypath (`updates['w']`
-        for `opt_state['w']`), else the first reached; for a replaced leaf, else the only one.
-        """
-        for position in reached:
-            label = self.labels[position]
-            if path and label.endswith(path) and not label[: -len(path)].endswith(("[", ".")):
-                return position
-        if only:
-            return reached[0] if len(reached) == 1 else None
-        return reached[0] if reached else None
-
-    def origin(self, walker: _Search, path: str, kind: str) -> Origin | None:
+    def origin(self, search: _OriginSearch, path: str, kind: str) -> Origin | None:
         """Where the leaf at `path` (below the state's name) first left its input type."""
         output = self.outputs.get(path)
         signature = self.state_signatures.get(path)
         if output is None or signature is None:
             return None
         invar = self.state_invars.get(path)
-        departs = _departs_from(signature.dtype, signature.weak_type, kind)
-        found = walker.locate(walker.root, walker.root.jaxpr.outvars[output], departs, invar)
+        departs = departs_from(signature.dtype, signature.weak_type, kind)
+        found = search.locate(search.lineage.root.jaxpr.outvars[output], departs, invar)
         if found is None:
             return None
-        reached = [a for a in walker.arguments(found) if a != invar]
-        argument = self.choose(reached, path, only=found.replaced)
-        # A jaxpr traced inside `jit` records frames up to the jit only: then the
-        # enclosing equations say where.
-        location, eqn, frame = None, found.eqn, found.frame
-        while location is None and eqn is not None and frame is not None:
-            location = user_location(eqn)
-            eqn, frame = frame.eqn, frame.parent
-        file, line, function = location or (None, None, None)
+        reached = [a for a in search.arguments(found) if a != invar]
+        argument = argument_to_name(self.labels, reached, path, replaced=found.replaced)
+        file, line, function = _location(found) or (None, None, None)
         label = None if argument is None else self.labels[argument]
         return Origin(found.eqn.primitive.name, file, line, function, label)
 
 
-@functools.cache
-def is_user_file(path: str) -> bool:
-    """Not JAX's, not this package's, not the stdlib's (packages installed under it are)."""
-    if path.startswith("<frozen"):
-        return False
-    internal, stdlib, installed = code_directories()
-    path = os.path.abspath(path)
-    if path.startswith(internal):
-        return False
-    return not path.startswith(stdlib) or path.startswith(installed)
-
-
-def user_location(eqn: Any) -> tuple[str, int, str] | None:
-    """The innermost frame of the user's (or a library's) code that made `eqn`."""
-
-    for file, line, function in _compat.source_frames(eqn.source_info):
-        if is_user_file(file):
-            return short_path(file), line, function
+def _location(found: _Found) -> tuple[str, int, str] | None:
+    """The user's (or a library's) line of the equation `found`. A jaxpr traced inside
+    `jit` records frames up to the jit only: then the enclosing equations say where."""
+    eqn, frame = found.eqn, found.frame
+    while eqn is not None and frame is not None:
+        location = equation_location(eqn)
+        if location is not None:
+            return location
+        eqn, frame = frame.eqn, frame.parent
     return None
 
 
@@ -279,60 +250,51 @@ def user_location(eqn: Any) -> tuple[str, int, str] | None:
 # Walking the jaxpr
 
 
-def _departs_from(dtype: np.dtype, weak_type: bool, kind: str) -> Callable[[Any], bool]:
-    if kind == "dtype":
-        return lambda aval: getattr(aval, "dtype", dtype) != dtype
-    return lambda aval: (
-        getattr(aval, "dtype", dtype) != dtype
-        or bool(getattr(aval, "weak_type", weak_type)) != weak_type
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class _Found:
-    """An equation that introduced the drift; `argument` or `blame` say what came in."""
+    """An equation that introduced the drift; `argument` or `blamed` say what came in."""
 
     eqn: Any
     frame: Frame
     argument: int | None = None  # a top-level jaxpr input
-    blame: tuple[Any, ...] = ()  # (frame, atoms): other operands to trace back to an argument
+    blamed: tuple[Any, ...] = ()  # operands (in `frame`) to trace back to arguments
     replaced: bool = False  # the output leaf does not depend on the input leaf
 
 
 @dataclasses.dataclass(frozen=True)
-class _Walk:
-    """One backward walk: what departs from the input leaf's type, the leaf's lineage
-    bit (0: none), and what to look at next (the last pushed first)."""
+class _BackwardWalk:
+    """One walk from a drifting output back toward the inputs: what departs from the
+    input leaf's type, the leaf's lineage bit (0: none), and what to look at next (the
+    last pushed first)."""
 
     departs: Callable[[Any], bool]
     bit: int
     stack: list[Any]
 
 
-class _Search(Lineage):
-    """Backward walks from drifting outputs to where they left the input leaf's type."""
+class _OriginSearch:
+    """Backward walks from drifting outputs to where they left the input leaf's type.
 
-    # -- the backward walk ----------------------------------------------------------------------
+    The jaxpr's `Lineage` (which input leaves each value depends on) is built
+    once and shared by the walks of every drifting leaf, as is their deadline.
+    """
 
-    def locate(
-        self,
-        frame: Frame,
-        atom: Any,
-        departs: Callable[[Any], bool],
-        invar: int | None,
-        consumer: tuple[Any, Frame] | None = None,
-    ) -> _Found | None:
-        """The equation that introduced the departure of `atom` (depth first, lineage first)."""
-        bit = self.bits.get(invar, 0) if invar is not None else 0
-        stack: list[Any] = [(frame, atom, consumer)]
-        walk = _Walk(departs, bit, stack)
+    def __init__(self, jaxpr: Any, state_invars: dict[str, int], seconds: float) -> None:
+        self.deadline = Deadline(seconds)
+        self.lineage = Lineage(jaxpr, state_invars, self.deadline)
+
+    def locate(self, atom: Any, departs: Callable[[Any], bool], invar: int | None) -> _Found | None:
+        """The equation that introduced the departure of the top-level output `atom`
+        (depth first, the input leaf `invar`'s lineage first)."""
+        stack: list[Any] = [(self.lineage.root, atom, None)]
+        walk = _BackwardWalk(departs, self.lineage.bit(invar), stack)
         seen: set[tuple[int, Any]] = set()
         while stack:
             item = stack.pop()
             if isinstance(item, _Found):
                 return item
             frame, atom, consumer = item
-            self.tick()
+            self.deadline.tick()
             if is_literal(atom) or atom in frame.consts:
                 if consumer is not None:
                     return _Found(*consumer)
@@ -351,124 +313,62 @@ class _Search(Lineage):
                 continue
             produced = frame.producer.get(atom)
             if produced is not None:
-                self.expand(walk, frame, *produced, atom, consumer)
+                eqn, k = produced
+                self.expand(walk, frame, eqn, k, atom, consumer)
         return None
 
-    def expand(self, walk: _Walk, frame: Frame, eqn: Any, k: int, atom: Any, consumer: Any) -> None:
-        """Pushes what to look at next for output `k` of `eqn` (last pushed is looked at first)."""
-        name = eqn.primitive.name
-        if name == "cond":
-            for jaxpr in reversed(cond_branches(eqn)):
-                inner = jaxpr.outvars[k]
-                if walk.departs(inner.aval):
-                    sub = self.frame(frame, eqn, jaxpr, eqn.invars[1:], frozenset())
-                    walk.stack.append((sub, inner, consumer))
+    def expand(
+        self, walk: _BackwardWalk, frame: Frame, eqn: Any, k: int, atom: Any, consumer: Any
+    ) -> None:
+        """Pushes what to look at next for output `k` (`atom`) of `eqn`."""
+        nested = self.into_nested(frame, eqn, k, walk.departs)
+        if nested is not None:
+            walk.stack.extend((inner_frame, inner, consumer) for inner_frame, inner in nested)
             return
-        if name in ("while", "scan"):
-            layout = loop_layout(eqn)
-            body, inputs = layout.body, eqn.invars[layout.skip :]
-            consts, carries = layout.consts, layout.carries
-            blocked = frozenset()
-            inner = body.outvars[k]
-            walk_body = walk.departs(inner.aval)
-            if k < carries:
-                # The carry came in drifted, unless the body changed it (only a weak type
-                # can change around a loop): then the drift is in the body.
-                walk.stack.append((frame, inputs[consts + k], consumer))
-                blocked = frozenset(range(consts, consts + carries))
-                walk_body = walk_body and not walk.departs(body.invars[consts + k].aval)
-            if walk_body:
-                walk.stack.append((self.frame(frame, eqn, body, inputs, blocked), inner, consumer))
-            return
-        sub = call_jaxpr(eqn)
-        if sub is not None:
-            inner = sub.outvars[k]
-            walk.stack.append(
-                (self.frame(frame, eqn, sub, eqn.invars, frozenset()), inner, consumer)
-            )
-            return
-        self.expand_plain(walk, frame, eqn, atom)
-
-    def expand_plain(self, walk: _Walk, frame: Frame, eqn: Any, atom: Any) -> None:
-        out_dtype = atom.aval.dtype
-        conversion = eqn.primitive.name == "convert_element_type"
-        candidates: list[Any] = []
-        for x in eqn.invars:
-            aval = getattr(x, "aval", None)
-            dtype = getattr(aval, "dtype", None)
-            if dtype is None or not walk.departs(aval):
-                continue
-            if (category(dtype) != category(out_dtype)) if conversion else dtype != out_dtype:
-                continue
-            if not candidates or all(x is not c for c in candidates):
-                candidates.append(x)
-        if not candidates:
-            walk.stack.append(_Found(eqn, frame))
-            return
-        if len(candidates) > 1:
-            # A weak operand does not decide a promotion; values before constants (a value
-            # may lead back to an argument); JAX's implicit promotion converts each operand
-            # on the line that mixed them: such a conversion is not where the drift began.
-            strong = [x for x in candidates if not getattr(x.aval, "weak_type", False)]
-            candidates = sorted(strong or candidates, key=lambda x: self.constant(frame, x))
-            # Newer JAX records Python-scalar literals as strong: a literal alone only
-            # explains the conversion of a weak operand.
-            values = sum(1 for x in candidates if not is_literal(x))
-            promoted = [
-                x
-                for x in candidates
-                if self.converted(frame, x) and (values > 1 or self.converted(frame, x, weak=True))
-            ]
-        else:
-            promoted = []
-        if walk.bit and not frame.mask(atom) & walk.bit:
-            # The input leaf does not reach this value: the function replaced the leaf, and
-            # this is the equation that wrote the value returned in its place.
-            walk.stack.append(_Found(eqn, frame, blame=(frame, *candidates), replaced=True))
-            return
-        if walk.bit:
-            others = tuple(x for x in candidates if not frame.mask(x) & walk.bit)
-            walk.stack.append(_Found(eqn, frame, blame=(frame, *others) if others else ()))
-            for x in reversed(candidates):
-                if frame.mask(x) & walk.bit and all(x is not p for p in promoted):
-                    walk.stack.append((frame, x, (eqn, frame)))
-            return
-        followed = [x for x in candidates if all(x is not p for p in promoted)]
-        if not followed:
-            walk.stack.append(_Found(eqn, frame, blame=(frame, *candidates)))
-            return
-        for x in reversed(followed):
+        bit = walk.bit
+        from_leaf = (lambda x: bool(frame.mask(x) & bit)) if bit else None
+        verdict = blame(eqn, atom, walk.departs, frame.index, from_leaf)
+        if verdict.here:
+            found = _Found(eqn, frame, blamed=verdict.blamed, replaced=verdict.replaced)
+            walk.stack.append(found)
+        for x in reversed(verdict.follow):
             walk.stack.append((frame, x, (eqn, frame)))
 
-    @staticmethod
-    def constant(frame: Frame, atom: Any) -> bool:
-        return is_literal(atom) or atom in frame.consts
-
-    @staticmethod
-    def converted(frame: Frame, atom: Any, weak: bool = False) -> bool:
-        """Whether `atom` is a `convert_element_type` result (of a weak operand: `weak`)."""
-        produced = None if is_literal(atom) else frame.producer.get(atom)
-        if produced is None or produced[0].primitive.name != "convert_element_type":
-            return False
-        return not weak or bool(getattr(produced[0].invars[0].aval, "weak_type", False))
+    def into_nested(
+        self, frame: Frame, eqn: Any, k: int, departs: Callable[[Any], bool]
+    ) -> list[tuple[Frame, Any]] | None:
+        """Where output `k` of a call, `cond` or loop equation comes from, as `(frame, atom)`
+        to look at (the last first): the nested jaxprs whose output departs; None for
+        other equations."""
+        sources = output_sources(eqn, k)
+        if not sources:
+            return None
+        steps: list[tuple[Frame, Any]] = []
+        for source in reversed(sources):
+            nested, blocked = source.nested, frozenset()
+            enter = departs(source.outvar.aval)
+            if source.carry is not None:
+                # The carry came in drifted, unless the body changed it (only a weak type
+                # can change around a loop): then the drift is in the body.
+                steps.append((frame, eqn.invars[nested.first + source.carry]))
+                blocked = frozenset(nested.carries)
+                enter = enter and not departs(nested.jaxpr.invars[source.carry].aval)
+            if enter:
+                steps.append((self.lineage.frame(frame, eqn, nested, blocked), source.outvar))
+        return steps
 
     def arguments(self, found: _Found) -> list[int]:
         """The top-level inputs the drift came from, in the order the walk reaches them."""
         if found.argument is not None:
             return [found.argument]
-        if not found.blame:
-            return []
-        frame, *atoms = found.blame
         reached: list[int] = []
-        for atom in atoms:
-            produced = None if is_literal(atom) else frame.producer.get(atom)
-            if produced is not None and produced[0].primitive.name == "convert_element_type":
-                atom = produced[0].invars[0]  # look through JAX's promotion of the operand
+        for atom in found.blamed:
+            atom = before_promotion(atom, found.frame.index)
             dtype = getattr(getattr(atom, "aval", None), "dtype", None)
             if dtype is None:
                 continue
             same = lambda aval, dtype=dtype: getattr(aval, "dtype", None) == dtype  # noqa: E731
-            for position in self.reach(frame, atom, same):
+            for position in self.reach(found.frame, atom, same):
                 if position not in reached:
                     reached.append(position)
         return reached
@@ -480,7 +380,7 @@ class _Search(Lineage):
         seen: set[tuple[int, Any]] = set()
         while stack:
             frame, atom = stack.pop()
-            self.tick()
+            self.deadline.tick()
             if is_literal(atom) or atom in frame.consts or (id(frame), atom) in seen:
                 continue
             seen.add((id(frame), atom))
@@ -495,17 +395,41 @@ class _Search(Lineage):
             if produced is None:
                 continue
             eqn, k = produced
-            inner = self.inner(frame, eqn, k)
-            if inner is not None:
-                stack.extend(inner)
+            nested = self.into_nested(frame, eqn, k, _always)
+            if nested is not None:
+                stack.extend(nested)
                 continue
             stack.extend((frame, x) for x in reversed(eqn.invars) if same(getattr(x, "aval", None)))
         return reached
 
-    def inner(self, frame: Frame, eqn: Any, k: int) -> list[tuple[Frame, Any]] | None:
-        """Where output `k` of a call, branch or loop equation comes from; None for others."""
-        walk = _Walk(lambda aval: True, 0, [])
-        self.expand(walk, frame, eqn, k, eqn.outvars[k], None)
-        if eqn.primitive.name not in ("cond", "while", "scan") and call_jaxpr(eqn) is None:
+
+def _always(aval: Any) -> bool:
+    return True
+
+
+def output_origin(
+    jaxpr: Any, output: int, expected: LeafSignature, kind: str, invar: int | None = None
+) -> Origin | None:
+    """Where output `output` of a `ClosedJaxpr` first departs from the type `expected`
+    (dtype, or dtype and weak_type for `kind="weak_type"`): the equation and its user line.
+
+    For a value a jitted function returned that a later call passed back in
+    another type than before (the recompile explainer). `invar`: the jaxpr input
+    the value stands in for (the same leaf of the state it was given), whose
+    equations are preferred, as in reports. `None` where it cannot be found in
+    time, or the output does not depart.
+    """
+    try:
+        lineage = {"": invar} if invar is not None else {}
+        search = _OriginSearch(jaxpr.jaxpr, lineage, _TIME_LIMIT)
+        departs = departs_from(expected.dtype, expected.weak_type, kind)
+        outvar = search.lineage.root.jaxpr.outvars[output]
+        if not departs(getattr(outvar, "aval", None)):
             return None
-        return [(item[0], item[1]) for item in walk.stack if isinstance(item, tuple)]
+        found = search.locate(outvar, departs, invar)
+    except (OutOfTime, IndexError):
+        return None
+    if found is None:
+        return None
+    file, line, function = _location(found) or (None, None, None)
+    return Origin(found.eqn.primitive.name, file, line, function)

@@ -10,25 +10,15 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from ._caches import Cache, register
 from ._compat import Tracer, explicit_sharding, get_aval
 
 _PYTHON_SCALARS = (bool, int, float, complex)
+# What an array leaf is: a JAX array, a tracer, a NumPy array or a NumPy scalar.
+ARRAY_TYPES = (jax.Array, Tracer, np.ndarray, np.generic)
 # Types seen to carry a JAX aval in `.aval` (arrays and tracers), learnt lazily.
-_AVAL_TYPES: set[type] = set()
+_AVAL_TYPES: set[type] = register(set())
 _aval_of = operator.attrgetter("aval")
-
-
-CACHE_LIMIT = 4096
-
-
-def remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    """`cache[key] = value`, emptying a full cache first; unhashable keys are not cached."""
-    if len(cache) >= CACHE_LIMIT:
-        cache.clear()
-    try:
-        cache[key] = value
-    except TypeError:
-        pass
 
 
 def flax_nnx() -> Any:
@@ -59,7 +49,7 @@ class NotALeafError(TypeError):
 
 
 # The signatures of the avals seen lately (JAX shares one aval among arrays of one type).
-_BY_AVAL: dict[Any, LeafSignature] = {}
+_BY_AVAL = Cache()
 
 
 class LeafSignature(NamedTuple):
@@ -113,8 +103,13 @@ class LeafSignature(NamedTuple):
         signature = cls(
             tuple(aval.shape), aval.dtype, bool(aval.weak_type), explicit_sharding(aval)
         )
-        remember(_BY_AVAL, aval, signature)
+        _BY_AVAL.remember(aval, signature)
         return signature
+
+    def as_array(self) -> LeafSignature:
+        """The type of the array JAX makes of this leaf when it traces it (a Python
+        scalar's 0-d array; an array's own type)."""
+        return self if self.python_scalar is None else self._replace(python_scalar=None)
 
     def __str__(self) -> str:
         dtype = "float0" if self.dtype == jax.dtypes.float0 else self.dtype
@@ -134,9 +129,7 @@ def is_static(leaf: Any) -> bool:
     Such leaves are static parts of a state, as Equinox treats them: compared
     by equality, never traced or cast.
     """
-    return not isinstance(
-        leaf, (jax.Array, Tracer, np.ndarray, np.generic, jax.ShapeDtypeStruct, *_PYTHON_SCALARS)
-    )
+    return not isinstance(leaf, (*ARRAY_TYPES, jax.ShapeDtypeStruct, *_PYTHON_SCALARS))
 
 
 def split_traced(
@@ -184,7 +177,7 @@ def describe_static(leaf: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class _Static:
+class _StaticKey:
     """A static leaf in a cache key: equal when `static_equal` says so."""
 
     __slots__ = ("value",)
@@ -193,7 +186,7 @@ class _Static:
         self.value = value
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Static) and static_equal(self.value, other.value)
+        return isinstance(other, _StaticKey) and static_equal(self.value, other.value)
 
     def __hash__(self) -> int:
         try:
@@ -209,7 +202,7 @@ def _slow_key(leaf: Any) -> Any:
     if isinstance(leaf, _PYTHON_SCALARS) and not isinstance(leaf, np.generic):
         return type(leaf)
     if is_static(leaf):
-        return _Static(leaf)
+        return _StaticKey(leaf)
     return LeafSignature.of(leaf)
 
 
@@ -232,3 +225,18 @@ def leaf_keys(leaves: Sequence[Any]) -> tuple[Any, ...]:
         return keys
     aval_types = _AVAL_TYPES
     return tuple([x.aval if type(x) in aval_types else _slow_key(x) for x in leaves])
+
+
+def state_keys(leaves_in: Sequence[Any], leaves_out: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The key of the verdict on an input and an output state that are not all arrays:
+    both sides' `leaf_keys`, and whether their arrays are tracers.
+
+    A verdict depends on that (a Python scalar returned for a traced array is
+    the array `jit` makes of it; for a concrete one, a structure change). None,
+    for no caching, where some arrays are traced and others are not.
+    """
+    arrays = [leaf for leaf in (*leaves_in, *leaves_out) if isinstance(leaf, jax.Array)]
+    traced = sum(isinstance(leaf, Tracer) for leaf in arrays)
+    if 0 < traced < len(arrays):
+        return None
+    return leaf_keys(leaves_in), leaf_keys(leaves_out), traced > 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 
+from ._caches import Cache
 from ._carry_rules import Rule
 from ._comparisons import LoopRule
 from ._config import Configured, Mode, effective, validate_mode
@@ -32,7 +33,7 @@ _NO_OPERAND = object()
 # leaves when its function is collected. JAX caches traced bodies by the identity of
 # the function it is given: one guarded body per (function, kind of state, mode)
 # keeps those caches warm across calls, so an eager loop is not traced again each time.
-_CACHE: dict[int, tuple[weakref.ref[Any], dict[tuple[Any, ...], Callable[..., Any]]]] = {}
+_CACHE = Cache()
 
 
 def _forget(key: int, reference: weakref.ref[Any]) -> None:
@@ -88,7 +89,8 @@ def _guard(
     if guard.annotations is not None:  # its checker holds `fn`: caching it would leak `fn`
         return guarded
     if entry is None or entry[0]() is not fn:
-        entry = _CACHE[fn_id] = (reference, {})
+        entry = (reference, {})
+        _CACHE.remember(fn_id, entry)
     entry[1][key] = guarded
     return guarded
 

@@ -11,20 +11,18 @@ import inspect
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 
 from ._call_site import written_argument
 from ._cast import cast_back
 from ._compare import compare_leaves
-from ._compat import Tracer
 from ._config import Configured, Mode, effective, validate_mode
 from ._delivery import deliver
 from ._errors import Mismatch, Report
 from ._guard import Guard, Reporting
 from ._plan import CallPlan, StateParameter, describe_location
 from ._policy import Governance, Policy, as_policy, build_state
-from ._signature import LeafSignature
+from ._signature import ARRAY_TYPES, LeafSignature
 
 __all__ = ["invariant"]
 
@@ -52,9 +50,6 @@ def _builder_name(update: Any) -> str:
     """
     name = describe_location(update)[0]
     return name.split(".<locals>.", 1)[0] if ".<locals>." in name else name.rsplit(".", 1)[0]
-
-
-_ARRAYS = (jax.Array, Tracer, np.ndarray, np.generic)
 
 
 def _is_left_out(leaf: Any) -> bool:
@@ -100,7 +95,7 @@ def _compare_with_params(tree: Any, params: Any, root: str, weak_type: bool) -> 
         if _is_left_out(leaf):
             continue
         index += 1
-        if not isinstance(param, _ARRAYS) or not isinstance(leaf, _ARRAYS):
+        if not isinstance(param, ARRAY_TYPES) or not isinstance(leaf, ARRAY_TYPES):
             continue
         keypath = jax.tree_util.keystr(path)
         found, target = compare_leaves(root + keypath, param, leaf, weak_type)

@@ -3,10 +3,19 @@ import os
 # Several simulated CPU devices, for sharding tests; read when JAX's backend starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+import jax
+import jax.numpy as jnp
 import pytest
 from hypothesis import HealthCheck, settings
 
-from jax_dtypeguard._compat import enable_x64
+from jax_dtypeguard.testing import x64_for
+
+# One meaning per name across the suite (test modules import them: `from conftest import F16`).
+# F16, BF16, F32, F64 are dtypes, never arrays; states built from them have names of their own.
+F16, BF16, F32, F64 = jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64
+VECTOR_F16 = jnp.ones(3, F16)  # a float16 vector state
+SCALAR_F16 = F16(0)  # a float16 scalar carry
+WEAK_F32 = jnp.asarray(1.0)  # a weak float32 scalar (x64 off)
 
 # Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (default "ci"). Property tests scale
 # their example counts from the profile's `max_examples` (see tests/test_properties.py).
@@ -37,5 +46,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(params=[False, True], ids=["x32", "x64"])
 def x64(request):
     """Runs the test with x64 off, then on."""
-    with enable_x64(request.param):
+    with x64_for("float32+x64" if request.param else "float32"):
+        assert jax.config.jax_enable_x64 is request.param, "run the suite with x64 off"
         yield request.param

@@ -21,7 +21,7 @@ from jaxtyping import Array, Bool, Float, Float32, Int, Key, PyTree, Shaped
 from jax_dtypeguard import StateDtypeError, _annotations, state_dtype_invariant
 
 # Annotation checks are check-mode behaviour: the whole module runs in strict mode.
-pytestmark = pytest.mark.dtypeguard_strict
+pytestmark = [pytest.mark.dtypeguard_strict, pytest.mark.check_mode]
 
 
 class State(NamedTuple):

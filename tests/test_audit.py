@@ -5,6 +5,7 @@ import importlib.metadata
 import inspect
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -385,11 +386,47 @@ def test_full_default_sweep_and_the_ecosystem_page(optax):
             assert all(m["origin"] for m in case["mismatches"] if m["kind"] != "structure"), case
         if case["status"] == "skipped":
             assert case["reason"]
-    # docs/ecosystem.md is this report, for the versions it names.
     with open(os.path.join(ROOT, "docs", "ecosystem.md"), encoding="utf-8") as file:
         page = _generated(file.read())
     report = _cli.render_markdown(results, [c.label for c in columns], True, versions)
-    audited = next(line for line in report.splitlines() if line.startswith("Audited with"))
-    if audited not in page:
-        pytest.skip(f"docs/ecosystem.md was generated with other versions than: {audited}")
-    assert page == report
+    _check_ecosystem_page(page, report, {r.name for r in results}, len(columns))
+
+
+def _check_ecosystem_page(page: str, report: str, cases: set[str], columns: int) -> None:
+    """docs/ecosystem.md against this audit's report.
+
+    With the versions the page names installed, the page is the report, byte for
+    byte. With others (a newer Optax in a fresh environment), its rows may rightly
+    differ, so what does not depend on the versions is checked instead: the same
+    columns, the same libraries audited, one cell per column in every row, and no
+    row for a case this audit no longer runs.
+    """
+    audited = _audited(report)
+    if _audited(page) == audited:
+        assert page == report
+        return
+    stale = (
+        f"docs/ecosystem.md was {_audited(page)[:1].lower()}{_audited(page)[1:-1]}, not the "
+        f"installed {_audited(report).removeprefix('Audited with ')[:-1]}, so only its form is "
+        "checked (regenerate it: jax-dtypeguard audit --format markdown --only-drift), and "
+    )
+    page_lines = page.splitlines()
+    assert page_lines[:2] == report.splitlines()[:2], stale + "its table has other columns"
+    assert _libraries(_audited(page)) == _libraries(audited), stale + "it names other libraries"
+    rows = [re.split(r"(?<!\\)\|", line)[1:-1] for line in page_lines[2:] if line.startswith("|")]
+    assert rows, stale + "its table has no rows"
+    uneven = [row[0] for row in rows if len(row) != 1 + columns]
+    assert uneven == [], stale + f"these rows lack a cell per column: {uneven}"
+    names = [row[0].strip().strip("`").replace("\\|", "|") for row in rows]
+    gone = [name for name in names if name not in cases]
+    assert gone == [], stale + f"it lists cases this audit no longer runs: {gone}"
+
+
+def _audited(report: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith("Audited with "))
+
+
+def _libraries(audited: str) -> list[str]:
+    """`["jax", "optax", ...]` of `Audited with jax 0.10.2, optax 0.2.8, ....`"""
+    pairs = audited.removeprefix("Audited with ").rstrip(".").split(", ")
+    return [pair.rsplit(" ", 1)[0] for pair in pairs]

@@ -415,3 +415,166 @@ def test_python_m_audit_optimistix_and_diffrax():
     by_name = {(c["name"], c["x64"]): c["status"] for c in document["cases"]}
     assert by_name["optimistix.BFGS", False] == by_name["diffrax.Tsit5", True] == "ok"
     assert {c["status"] for c in document["cases"]} <= {"ok", "drift", "skipped"}
+
+
+# --- recompiles -----------------------------------------------------------------
+
+# A program whose module-level jitted step compiles twice: once for a float32
+# array, once for a Python float (weak). It prints how python ran it.
+PROGRAM = """\
+import sys
+
+import jax
+import jax.numpy as jnp
+
+import helper
+
+
+@jax.jit
+def step(x):
+    return x * 2
+
+
+print("name", __name__, "argv", sys.argv[1:], "helper", helper.VALUE)
+step(jnp.float32(1))
+step(1.0)
+"""
+
+
+@pytest.fixture
+def program(tmp_path):
+    (tmp_path / "helper.py").write_text("VALUE = 7\n")  # found next to the script, as python does
+    script = tmp_path / "train.py"
+    script.write_text(PROGRAM)
+    return script
+
+
+def recompiles(capsys, *args):
+    status = _cli.main(["recompiles", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _function(document, name):
+    (found,) = [f for f in document["functions"] if f["name"] == name]
+    return found
+
+
+def test_recompiles_runs_the_script_as_main_and_explains_module_level_jit(capsys, program):
+    status, out, err = recompiles(capsys, str(program), "--lr", "0.1", "-m", "x")
+    assert status == 0
+    assert out == "name __main__ argv ['--lr', '0.1', '-m', 'x'] helper 7\n"
+    assert "step" in err
+    assert "x: float32[] -> weak float32[] (Python float)" in err
+    assert str(program.parent) not in sys.path  # restored
+
+
+def test_recompiles_json_to_a_file(capsys, program, tmp_path):
+    target = tmp_path / "report.json"
+    status, out, err = recompiles(
+        capsys, "--format", "json", "--output", str(target), str(program), "a"
+    )
+    assert (status, err) == (0, "")
+    assert out.startswith("name __main__ argv ['a']")
+    step = _function(json.loads(target.read_text()), "step")
+    assert step["compiles"] == 2
+    (recompile,) = step["recompiles"]
+    assert [m["kind"] for m in recompile["mismatches"]] == ["weak_type"]
+
+
+def test_recompiles_json_goes_to_stderr_by_default(capsys, program):
+    status, _, err = recompiles(capsys, "--format", "json", str(program))
+    assert status == 0
+    assert _function(json.loads(err), "step")["compiles"] == 2
+
+
+def test_recompiles_runs_a_module_with_dash_m(capsys, program, monkeypatch, tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "train.py").write_text(PROGRAM.replace("import helper", "from pkg import helper"))
+    (package / "helper.py").write_text("VALUE = 8\n")
+    monkeypatch.chdir(tmp_path)  # python -m finds modules in the current directory
+    status, out, err = recompiles(capsys, "--max-compiles", "2", "-m", "pkg.train", "--x", "1")
+    assert status == 0
+    assert out == "name __main__ argv ['--x', '1'] helper 8\n"
+    assert "step" in err
+
+
+def test_recompiles_exits_with_the_programs_status(capsys, tmp_path):
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    assert recompiles(capsys, str(script))[0] == 3
+    script.write_text("import sys\nsys.exit('bye')\n")
+    status, _, err = recompiles(capsys, str(script))
+    assert status == 1
+    assert err.startswith("bye\n")
+
+
+def test_recompiles_prints_an_uncaught_exception_as_python_does(capsys, tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text("def main():\n    raise ValueError('no data')\n\nmain()\n")
+    status, _, err = recompiles(capsys, str(script))
+    assert status == 1
+    traceback, report = err.split("ValueError: no data\n")
+    assert traceback.startswith("Traceback (most recent call last):\n")
+    assert f'File "{script}", line 4, in <module>' in traceback
+    assert "runpy" not in traceback and "_program" not in traceback
+    assert report.strip()  # the report is printed after the traceback
+
+
+def test_recompiles_max_compiles_exceeded_exits_1(capsys, program):
+    status, _, err = recompiles(capsys, "--max-compiles", "1", str(program))
+    assert status == 1
+    assert "RecompileError" in err
+    assert f"{program}" in err  # the traceback points at the program's call
+
+
+def test_recompiles_max_compiles_exceeded_exits_1_even_if_the_program_catches_it(capsys, tmp_path):
+    script = tmp_path / "catches.py"
+    script.write_text(
+        PROGRAM.replace("import helper\n", "")
+        .replace(" helper.VALUE", " 0")
+        .replace(
+            "step(1.0)\n",
+            "try:\n    step(1.0)\nexcept Exception as error:\n    print(type(error).__name__)\n",
+        )
+    )
+    status, out, _ = recompiles(capsys, "--max-compiles", "1", str(script))
+    assert status == 1
+    assert out.splitlines()[-1] == "RecompileError"
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ([], "give the program to run: a SCRIPT or -m MODULE"),
+        (["no_such_script.py"], "no such script: 'no_such_script.py'"),
+        (["-m", "no_such_module_xyz"], "no module named 'no_such_module_xyz'"),
+        (["-m", "no_such_package_xyz.train"], "cannot find module 'no_such_package_xyz.train'"),
+        (["--max-compiles", "0", "x.py"], "expected a whole number of compiles >= 1, got '0'"),
+        (["--format", "xml", "x.py"], "invalid choice: 'xml'"),
+        (["--output", "/no/such/dir/r.json", "-m", "json"], "cannot write --output"),
+    ],
+)
+def test_recompiles_bad_usage_is_one_line_and_exit_2(capsys, args, fragment):
+    status, out, err = recompiles(capsys, *args)
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("jax-dtypeguard: error: ")
+    assert fragment in err
+
+
+def test_recompiles_help_names_the_exit_statuses(capsys):
+    status, out, _ = recompiles(capsys, "--help")
+    assert status == 0
+    assert "(SCRIPT | -m MODULE) [ARGS ...]" in out
+    assert "or 1 when --max-compiles was exceeded" in out
+
+
+def test_python_m_recompiles_reaches_a_module_level_step(program):
+    result = _run("recompiles", "--format", "json", str(program), "b")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "name __main__ argv ['b'] helper 7\n"
+    assert _function(json.loads(result.stderr), "step")["compiles"] == 2

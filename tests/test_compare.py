@@ -197,3 +197,51 @@ def test_partitioned_states_compare_untraced_leaves_by_value_and_cast_nothing_th
     assert verdict.castable == ()
     assert [m.path for m in verdict.uncastable] == ["state['count']"]
     assert compare_states(before, after, "state").mismatches[0].path == "state['x']"  # by type
+
+
+def _traced(compare):
+    """`compare(*leaves)`, the leaves tracers of bool[], float16[], float32[], weak float32[]."""
+    found = {}
+
+    def trace(*leaves):
+        found["verdicts"] = compare(*leaves)
+        return leaves
+
+    jax.eval_shape(trace, jnp.array(True), jnp.float16(1), jnp.float32(1), 1.0)
+    return found["verdicts"]
+
+
+def test_a_python_scalar_of_the_traced_leafs_aval_is_no_drift():
+    # jit and JAX's loops turn a returned Python scalar into the array of its aval.
+    verdicts = _traced(
+        lambda flag, half, single, weak: [
+            compare_states({"is_reset": flag}, {"is_reset": False}, "s"),
+            compare_states(weak, 2.0, "s"),
+        ]
+    )
+    assert [v.mismatches for v in verdicts] == [(), ()]
+
+
+def test_a_python_scalar_of_another_aval_inside_a_trace_is_that_dtype_or_weak_type_drift():
+    flag_int, half_float, single_float, no_weak = _traced(
+        lambda flag, half, single, weak: [
+            compare_states(flag, 1, "s"),
+            compare_states(half, 0.5, "s"),
+            compare_states(single, 0.5, "s"),
+            compare_states(single, 0.5, "s", weak_type=False),
+        ]
+    )
+    assert kinds(flag_int) == [("s", "dtype"), ("s", "weak_type")]
+    assert flag_int.castable == () and len(flag_int.uncastable) == 2  # bool -> int: a kind
+    assert kinds(half_float) == [("s", "dtype"), ("s", "weak_type")]
+    assert half_float.mismatches[0].got == "weak float32[] (Python float)"
+    assert half_float.castable == ((0, LeafSignature((), np.dtype("float16"), False)),)
+    assert kinds(single_float) == [("s", "weak_type")]
+    assert no_weak.mismatches == ()
+
+
+def test_a_python_scalar_for_a_concrete_array_stays_structure():
+    for state, out in [({"f": jnp.array(True)}, {"f": False}), (jnp.float32(1), 2.0)]:
+        verdict = compare_states(state, out, "s")
+        assert [m.kind for m in verdict.mismatches] == ["structure"]
+        assert verdict.castable == ()

@@ -1,5 +1,7 @@
 """Fails loudly if JAX moves a private API that jax_dtypeguard relies on."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,15 +74,6 @@ def test_flatten_like_gives_the_values_at_leaf_positions():
     treedef = jax.tree_util.tree_structure({"a": 0.0, "b": (0.0, 0.0)})
     x = jnp.ones(2)
     assert _compat.flatten_like(treedef, {"a": x, "b": (1, (x, x))}) == [x, 1, (x, x)]
-
-
-def test_jit_cache_size_counts_compilations():
-    f = jax.jit(lambda x: x + 1)
-    f(jnp.ones(2))
-    f(jnp.ones(2))
-    assert _compat.jit_cache_size(f) == 1
-    f(jnp.ones(3))
-    assert _compat.jit_cache_size(f) == 2
 
 
 # --- jaxpr access for provenance: each fails loudly if JAX renames what it reads -------------
@@ -168,3 +161,97 @@ def test_jaxtyping_shape_memo_accessor():
         assert isinstance(jnp.zeros((2, 3)), Float[Array, "a b"])
         single = _compat.get_shape_memo()[0]
     assert single == {"a": 2, "b": 3}
+
+
+def test_every_jit_trace_goes_through_the_point_the_recompile_explainer_observes():
+    from jax._src import pjit
+
+    module, name, original = _compat._jit_trace_point()
+    assert module is pjit and callable(original), "JAX moved the function jit traces through"
+    seen = []
+
+    def observe(trace, run):
+        seen.append(trace)
+        result = run()
+        seen.append(_compat.traced_jaxpr(result))
+        return result
+
+    def scale(x, n, *, bias):
+        return x * n + bias
+
+    jitted = jax.jit(scale, static_argnums=1)
+    installed = getattr(module, name)  # explain_recompiles' observer, if an earlier test set it
+    _compat.observe_jit_traces(observe)
+    try:
+        jitted(jnp.ones(2), 3, bias=1.0)
+        jitted(jnp.ones(2), 3, bias=2.0)  # jit's cache: not traced
+        jitted(np.ones(2, np.float32), 3, bias=2.0)  # a new dispatch entry, no trace
+    finally:
+        setattr(module, name, installed)
+    trace, jaxpr = seen[0], seen[-1]  # between them: the traces of jnp's jitted functions
+    assert [t.fun for t in seen if isinstance(t, _compat.JitTrace) and t.fun is scale] == [scale]
+    assert trace.fun is scale
+    assert trace.args[1] == 3 and set(trace.kwargs) == {"bias"}
+    assert trace.static_argnums == (1,)
+    assert trace.signature is not None and list(trace.signature.parameters) == ["x", "n", "bias"]
+    assert not trace.primitive
+    assert jaxpr.jaxpr.invars[0].aval.shape == (2,)
+
+
+def test_eager_operations_are_jits_of_one_primitive():
+    from jax._src import pjit
+
+    module, name, _ = _compat._jit_trace_point()
+    installed = getattr(module, name)  # explain_recompiles' observer, if an earlier test set it
+    seen = []
+    _compat.observe_jit_traces(lambda trace, run: (seen.append(trace), run())[1])
+    try:
+        jnp.ones(17) * 2.5  # eager: each primitive jitted on its own
+    finally:
+        setattr(module, name, installed)
+    assert module is pjit
+    assert any(trace.primitive for trace in seen)
+
+
+def test_compile_events_are_named_as_jax_records_them():
+    events = _compat.compile_events()
+    assert set(events.values()) == {"trace", "lower", "compile"}, "JAX renamed its events"
+    recorded, listening = [], [True]
+    _compat.listen_to_durations(lambda event, seconds, **kw: listening and recorded.append(event))
+    jax.jit(lambda x: x - 7)(jnp.ones(19))
+    listening.clear()
+    assert {events[e] for e in recorded if e in events} >= {"lower", "compile"}
+
+
+def test_equinox_loop_internals_are_where_guard_loops_patches_them():
+    """`guard_loops` wraps the `common_rewrite` that Equinox's internal while loop calls in
+    each of its loop modules: if Equinox moves or reshapes it, this fails, not a user's loop."""
+    eqxi = pytest.importorskip("equinox.internal")
+    assert _compat.equinox_loop_imported(), "equinox.internal no longer imports its _loop"
+    original = _compat.equinox_common_rewrite()
+    assert callable(original), "Equinox moved equinox.internal._loop.common.common_rewrite"
+    parameters = list(inspect.signature(original).parameters)
+    assert parameters[:3] == ["cond_fun", "body_fun", "init_val"], parameters
+    rewrites = _compat.equinox_loop_rewrites()
+    assert set(rewrites) == {"loop", "bounded", "checkpointed"}, "Equinox's loop modules moved"
+    assert all(rewrite is original for rewrite in rewrites.values())
+
+    # It returns (cond_fun, body_fun, init_val, ...) for JAX: the body at index 1.
+    rewritten = original(lambda x: x < 3, lambda x: x + 1, jnp.int32(0), None, None, False)
+    cond_fun, body_fun, init_val = rewritten[:3]
+    assert jax.lax.while_loop(cond_fun, body_fun, init_val)[-1] == 3
+
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    _compat.set_equinox_loop_rewrite("bounded", wrapper)
+    try:
+        assert _compat.equinox_loop_rewrites()["bounded"] is wrapper
+        out = eqxi.while_loop(lambda x: x < 3, lambda x: x + 1, 0, max_steps=5, kind="bounded")
+        assert out == 3 and calls, "Equinox's bounded loop no longer calls common_rewrite"
+    finally:
+        _compat.set_equinox_loop_rewrite("bounded", original)
+    assert _compat.equinox_loop_rewrites()["bounded"] is original

@@ -10,6 +10,7 @@ import threading
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import VECTOR_F16, WEAK_F32
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, _config, state_dtype_invariant
@@ -36,10 +37,6 @@ def drift(state):
 
 def weak_drift(state):
     return state + jnp.float32(1)  # weak float32 -> strong float32
-
-
-F16 = jnp.ones(3, jnp.float16)
-WEAK = jnp.asarray(1.0)  # a weak float32 scalar (x64 off)
 
 
 # --- config.update ----------------------------------------------------------
@@ -222,18 +219,18 @@ def test_effective_settings(declared, configured, strict, expected):
 
 def test_strict_turns_every_declared_mode_into_check_but_off_stays_off():
     guarded = {m: state_dtype_invariant(drift, mode=m) for m in ("check", "cast", "warn", "off")}
-    assert guarded["cast"](F16).dtype == jnp.float16
+    assert guarded["cast"](VECTOR_F16).dtype == jnp.float16
     with dg.strict():
         for m in ("check", "cast", "warn"):
             with pytest.raises(StateDtypeError, match=r"state: float16\[3\] -> float32\[3\]"):
-                guarded[m](F16)
-        assert guarded["off"](F16).dtype == jnp.float32
+                guarded[m](VECTOR_F16)
+        assert guarded["off"](VECTOR_F16).dtype == jnp.float32
 
 
 def test_strict_hint_explains_that_cast_mode_does_not_apply():
     guarded = state_dtype_invariant(drift, mode="cast")
     with dg.strict(), pytest.raises(StateDtypeError) as error:
-        guarded(F16)
+        guarded(VECTOR_F16)
     assert str(error.value).endswith(
         "Hint: strict mode is on, so dtype/weak_type drift fails even where "
         "mode=\"cast\" would repair it: keep the step's arithmetic in the state's dtype "
@@ -243,19 +240,19 @@ def test_strict_hint_explains_that_cast_mode_does_not_apply():
 
 def test_strict_checks_weak_type_even_where_declared_false():
     guarded = state_dtype_invariant(weak_drift, weak_type=False)
-    assert not guarded(WEAK).weak_type
+    assert not guarded(WEAK_F32).weak_type
     with (
         dg.strict(),
         pytest.raises(StateDtypeError, match=r"state: weak float32\[\] -> float32\[\]"),
     ):
-        guarded(WEAK)
+        guarded(WEAK_F32)
 
 
 def test_strict_reaches_jitted_functions_when_traced():
     step = jax.jit(state_dtype_invariant(drift, mode="cast"))
     with dg.strict(), pytest.raises(StateDtypeError, match="float16"):
-        step(F16)
-    assert step(F16).dtype == jnp.float16
+        step(VECTOR_F16)
+    assert step(VECTOR_F16).dtype == jnp.float16
 
 
 def test_strict_reaches_dg_lax():
@@ -263,15 +260,15 @@ def test_strict_reaches_dg_lax():
         return x * jnp.float32(2)
 
     def loop():
-        return dg.lax.while_loop(lambda x: x[0] < 10, body, F16)
+        return dg.lax.while_loop(lambda x: x[0] < 10, body, VECTOR_F16)
 
     with dg.strict(), pytest.raises(StateDtypeError, match=r"  x: float16\[3\] -> float32\[3\]"):
         loop()
     assert loop().dtype == jnp.float16  # default mode="cast" outside strict mode
     with dg.strict(), pytest.raises(StateDtypeError, match="float16"):
-        dg.lax.scan(lambda c, x: (c * x, x), F16, jnp.ones(2, jnp.float32))
+        dg.lax.scan(lambda c, x: (c * x, x), VECTOR_F16, jnp.ones(2, jnp.float32))
     with dg.strict(), pytest.raises(StateDtypeError, match="float16"):
-        dg.lax.cond(True, lambda x: x * jnp.float32(2), lambda x: x, F16)
+        dg.lax.cond(True, lambda x: x * jnp.float32(2), lambda x: x, VECTOR_F16)
 
 
 def test_strict_reaches_an_eager_dg_lax_loop_that_ran_before_outside_strict_mode():
@@ -279,7 +276,7 @@ def test_strict_reaches_an_eager_dg_lax_loop_that_ran_before_outside_strict_mode
         return x * jnp.float32(2)
 
     def loop():
-        return dg.lax.while_loop(lambda x: x[0] < 10, body, F16)
+        return dg.lax.while_loop(lambda x: x[0] < 10, body, VECTOR_F16)
 
     assert loop().dtype == jnp.float16
     with dg.strict(), pytest.raises(StateDtypeError, match=r"  x: float16\[3\] -> float32\[3\]"):
@@ -292,30 +289,30 @@ def test_lax_mode_off_stays_off_under_strict():
         return x.astype(jnp.float16)
 
     with dg.strict():
-        out = dg.lax.fori_loop(0, 2, body, F16, mode="off")
+        out = dg.lax.fori_loop(0, 2, body, VECTOR_F16, mode="off")
     assert out.dtype == jnp.float16
 
 
 def test_settings_are_read_at_trace_time_so_compiled_functions_keep_their_verdict():
     step = jax.jit(state_dtype_invariant(drift, mode="cast"))
-    assert step(F16).dtype == jnp.float16  # traced and compiled here, with the cast
+    assert step(VECTOR_F16).dtype == jnp.float16  # traced and compiled here, with the cast
     with dg.strict():
-        assert step(F16).dtype == jnp.float16  # cached: not traced again, no check
+        assert step(VECTOR_F16).dtype == jnp.float16  # cached: not traced again, no check
         with pytest.raises(StateDtypeError):
             step(jnp.ones(4, jnp.float16))  # a new shape traces again, strictly
         jax.clear_caches()
         with pytest.raises(StateDtypeError):
-            step(F16)
+            step(VECTOR_F16)
 
 
 def test_config_mode_is_the_default_of_undeclared_guards_at_call_time():
     guarded = state_dtype_invariant(drift)
     with pytest.raises(StateDtypeError):
-        guarded(F16)
+        guarded(VECTOR_F16)
     with dg.mode("cast"):
-        assert guarded(F16).dtype == jnp.float16
+        assert guarded(VECTOR_F16).dtype == jnp.float16
     dg.config.update(mode="off")
-    assert guarded(F16).dtype == jnp.float32
+    assert guarded(VECTOR_F16).dtype == jnp.float32
 
 
 # --- environment variables --------------------------------------------------

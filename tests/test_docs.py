@@ -11,7 +11,13 @@ The convention, per page:
   are shown, never run;
 - `<!-- requires: optax, equinox -->` skips the page's examples when a
   library is not installed; `<!-- requires: 8 devices -->` when JAX has
-  fewer devices; `<!-- requires: jax >= 0.7 -->` on an older JAX.
+  fewer devices; `<!-- requires: jax >= 0.7 -->` on an older JAX;
+- `<!-- compared against: optax 0.2.8 -->` says which release of a library
+  the page's shown output comes from (its reports name that release's
+  source lines): with another release installed the page's test fails and
+  says so, rather than showing a diff of line numbers or passing on a
+  page that no longer says what the library does. A page that names a
+  library's `file.py:line` must carry the marker for that library.
 
 The code is compiled with the page's path and true line numbers, so a
 traceback (and a drift report's `file:line`) points into the Markdown file.
@@ -25,6 +31,7 @@ import contextlib
 import dataclasses
 import difflib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import io
@@ -46,6 +53,11 @@ _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^
 _REQUIRES = re.compile(r"<!--\s*requires:\s*(?P<items>.*?)\s*-->")
 _DEVICES = re.compile(r"^(?P<count>\d+)\s+devices?$")
 _JAX_VERSION = re.compile(r"^jax\s*>=\s*(?P<version>\d+(\.\d+)*)$")
+_COMPARED_AGAINST = re.compile(r"<!--\s*compared against:\s*(?P<items>.*?)\s*-->")
+_PINNED = re.compile(r"^(?P<name>[\w.-]+)\s+(?P<version>\d+(\.\d+)*)$")
+# A library's source line, as drift reports print it: `optax/_src/linesearch.py:1538`.
+_LIBRARIES = ("optax", "optimistix", "diffrax", "equinox", "lineax", "flax")
+_LIBRARY_LINE = re.compile(rf"\b(?P<name>{'|'.join(_LIBRARIES)})/[\w/]+\.py:\d+")
 
 
 @dataclasses.dataclass
@@ -112,6 +124,31 @@ def missing_requirements(text: str) -> list[str]:
     return missing
 
 
+def compared_against(text: str) -> dict[str, str]:
+    """The library releases a page's output was taken from: name -> version."""
+    pinned = {}
+    for match in _COMPARED_AGAINST.finditer(text):
+        for item in filter(None, (part.strip() for part in match["items"].split(","))):
+            found = _PINNED.match(item)
+            if found is None:
+                raise ValueError(f"'compared against: {item}': expected 'library X.Y.Z'")
+            pinned[found["name"]] = found["version"]
+    return pinned
+
+
+def version_mismatches(text: str) -> list[str]:
+    """The pinned releases that are not the installed ones (a missing library included)."""
+    mismatches = []
+    for name, version in compared_against(text).items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = "not installed"
+        if installed != version:
+            mismatches.append(f"{name} {version} (installed: {installed})")
+    return mismatches
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
@@ -174,6 +211,7 @@ def test_page(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = missing_requirements(text)
     if missing:
         pytest.skip(f"{_page_id(page)} needs {', '.join(missing)}")
+    _fail_on_other_versions(page, text)
     relative = page.relative_to(ROOT).as_posix()
     monkeypatch.chdir(ROOT)
     module = types.ModuleType(f"docs_example_{page.stem.replace('-', '_')}")
@@ -201,6 +239,33 @@ def test_page(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                 pytest.fail(
                     f"{where} printed something else than the page shows:\n{diff}", pytrace=False
                 )
+
+
+def _fail_on_other_versions(page: Path, text: str) -> None:
+    mismatches = version_mismatches(text)
+    if mismatches:
+        pytest.fail(
+            f"{_page_id(page)} shows output (reports, source lines) of "
+            f"{', '.join(mismatches)}: install those releases to check the page, or rerun "
+            "its examples with the installed ones and update its output and its "
+            "'compared against' marker.",
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("page", _page_params())
+def test_page_names_the_releases_its_output_shows(page: Path) -> None:
+    """Every library whose source lines a page shows is pinned, and the pin is installed."""
+    text = page.read_text(encoding="utf-8")
+    shown = sorted({match["name"] for match in _LIBRARY_LINE.finditer(text)})
+    unpinned = [name for name in shown if name not in compared_against(text)]
+    assert not unpinned, (
+        f"{_page_id(page)} shows source lines of {', '.join(unpinned)}; add "
+        f"<!-- compared against: {', '.join(f'{name} X.Y.Z' for name in unpinned)} --> "
+        "naming the releases they come from"
+    )
+    if compared_against(text):
+        _fail_on_other_versions(page, text)
 
 
 def _api_names() -> list[str]:
@@ -275,3 +340,15 @@ def test_requirements_name_what_is_missing() -> None:
         f"100000 devices (JAX has {jax.device_count()})",
         f"jax >= 99.1 (this is jax {jax.__version__})",
     ]
+
+
+def test_compared_against_reads_the_pins_and_names_other_releases() -> None:
+    installed = importlib.metadata.version("pytest")
+    text = f"<!-- compared against: pytest {installed}, no_such_package_xyz 1.0 -->"
+    assert compared_against(text) == {"pytest": installed, "no_such_package_xyz": "1.0"}
+    assert version_mismatches(text) == ["no_such_package_xyz 1.0 (installed: not installed)"]
+    assert version_mismatches("<!-- compared against: pytest 0.0.1 -->") == [
+        f"pytest 0.0.1 (installed: {installed})"
+    ]
+    with pytest.raises(ValueError, match=re.escape("expected 'library X.Y.Z'")):
+        compared_against("<!-- compared against: optax -->")

@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SCALAR_F16
 from jax.lax import fori_loop as bound_before_the_scope
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import _config
-from jax_dtypeguard._compat import enable_x64
+from jax_dtypeguard.testing import x64_for
 
 
 @pytest.fixture(autouse=True)
@@ -33,17 +34,14 @@ def widen(i, x):
     return x + jnp.float32(1)  # float16 + float32 -> float32
 
 
-F16 = jnp.float16(0)
-
-
 # --- what is reported, and where ----------------------------------------------------------
 
 
 def test_check_names_the_body_the_leaf_the_origin_and_the_call_site():
     with pytest.raises(TypeError):
-        jax.lax.fori_loop(0, 3, widen, F16)  # JAX's own error, outside the scope
+        jax.lax.fori_loop(0, 3, widen, SCALAR_F16)  # JAX's own error, outside the scope
     with dg.guard_loops(), pytest.raises(dg.StateDtypeError) as caught:
-        jax.lax.fori_loop(0, 3, widen, F16)
+        jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
     message = str(caught.value)
     assert message.startswith("widen (tests/test_guard_loops.py:")
     assert "  x: float16[] -> float32[]  (first at " in message
@@ -56,19 +54,19 @@ def test_check_names_the_body_the_leaf_the_origin_and_the_call_site():
 
 def test_cast_repairs_and_warn_warns_then_leaves_it_to_jax():
     with dg.guard_loops(mode="cast"):
-        x = jax.lax.fori_loop(0, 3, widen, F16)
+        x = jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
     assert x.dtype == jnp.float16 and float(x) == 3.0
     warned = pytest.warns(dg.StateDtypeWarning, match="widen")
     with dg.guard_loops(mode="warn"), warned as record, pytest.raises(TypeError, match="carry"):
-        jax.lax.fori_loop(0, 3, widen, F16)
+        jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
     assert record[0].filename == __file__, "the warning points at the user's code"
 
 
 @pytest.mark.parametrize(
     "run",
     [
-        lambda: jax.lax.while_loop(lambda x: x < 3, lambda x: widen(0, x), F16),
-        lambda: jax.lax.scan(lambda x, _: (widen(0, x), None), F16, length=3)[0],
+        lambda: jax.lax.while_loop(lambda x: x < 3, lambda x: widen(0, x), SCALAR_F16),
+        lambda: jax.lax.scan(lambda x, _: (widen(0, x), None), SCALAR_F16, length=3)[0],
     ],
     ids=["while_loop", "scan"],
 )
@@ -143,16 +141,22 @@ def test_weak_type_true_reports_weak_to_strong_and_python_scalars():
         jax.lax.while_loop(lambda x: x < 3, lambda x: x * jnp.float32(2), 1.0)
     assert "x: weak float32[] -> float32[]" in str(caught.value)
 
-    def flag_body(flag):
-        return False
+    def halve(x):
+        return 0.5  # a Python float: a weak float32 where the carry is a strong one
 
     with dg.guard_loops(weak_type=True), pytest.raises(dg.StateDtypeError) as caught:
-        jax.lax.while_loop(lambda f: f, flag_body, jnp.array(True))
-    assert "flag: bool[] -> bool[] (Python bool)" in str(caught.value)
+        jax.lax.while_loop(lambda x: x > 1, halve, jnp.float32(2))
+    assert "x: float32[] -> weak float32[] (Python float)" in str(caught.value)
     assert "return arrays of the carry's types" in str(caught.value)
     with dg.guard_loops(mode="cast", weak_type=True):
-        out = jax.lax.while_loop(lambda f: f, flag_body, jnp.array(True))
-        assert out.dtype == jnp.bool_
+        out = jax.lax.while_loop(lambda x: x > 1, halve, jnp.float32(2))
+        assert out.dtype == jnp.float32 and not out.weak_type
+
+    def flag_body(flag):
+        return False  # the bool[] the loop makes of it: the carry's own type
+
+    with dg.guard_loops(weak_type=True):
+        assert jax.lax.while_loop(lambda f: f, flag_body, jnp.array(True)).dtype == jnp.bool_
 
 
 # --- scope and safety ---------------------------------------------------------------------
@@ -162,18 +166,18 @@ def test_scope_restores_jax_lax_on_exit_and_on_exceptions():
     originals = {n: getattr(jax.lax, n) for n in ("while_loop", "fori_loop", "scan", "cond")}
     with pytest.raises(dg.StateDtypeError), dg.guard_loops():
         assert jax.lax.while_loop is not originals["while_loop"]
-        jax.lax.fori_loop(0, 3, widen, F16)
+        jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
     assert {n: getattr(jax.lax, n) for n in originals} == originals
 
 
 def test_scopes_nest_and_off_turns_them_off():
     with dg.guard_loops(mode="cast"):
         with dg.guard_loops(mode="check"), pytest.raises(dg.StateDtypeError):
-            jax.lax.fori_loop(0, 3, widen, F16)
+            jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
         with dg.guard_loops(mode="off"), pytest.raises(TypeError) as caught:
-            jax.lax.fori_loop(0, 3, widen, F16)
+            jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
         assert not isinstance(caught.value, dg.StateDtypeError)
-        assert jax.lax.fori_loop(0, 3, widen, F16).dtype == jnp.float16
+        assert jax.lax.fori_loop(0, 3, widen, SCALAR_F16).dtype == jnp.float16
 
 
 def test_other_threads_and_tasks_are_unaffected():
@@ -181,7 +185,7 @@ def test_other_threads_and_tasks_are_unaffected():
 
     def outside():
         try:
-            jax.lax.fori_loop(0, 3, widen, F16)
+            jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
         except Exception as error:
             seen.append(type(error).__name__)
 
@@ -193,7 +197,7 @@ def test_other_threads_and_tasks_are_unaffected():
         thread.start()
         thread.join()
     with dg.guard_loops(mode="cast"):
-        assert jax.lax.fori_loop(0, 3, widen, F16).dtype == jnp.float16
+        assert jax.lax.fori_loop(0, 3, widen, SCALAR_F16).dtype == jnp.float16
         # A task started in a fresh context sees no scope.
         import contextvars
 
@@ -204,7 +208,7 @@ def test_other_threads_and_tasks_are_unaffected():
 def test_decorator_form():
     @dg.guard_loops(mode="cast")
     def run():
-        return jax.lax.fori_loop(0, 3, widen, F16)
+        return jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
 
     assert run().dtype == jnp.float16
     assert repr(dg.guard_loops()) == "guard_loops(mode='check', weak_type=False)"
@@ -215,23 +219,23 @@ def test_decorator_form():
 def test_each_loop_is_guarded_once():
     # A dg.lax form keeps its own guard: its check, not the scope's cast.
     with dg.guard_loops(mode="cast"), pytest.raises(dg.StateDtypeError) as caught:
-        dg.lax.fori_loop(0, 3, widen, F16, mode="check")
+        dg.lax.fori_loop(0, 3, widen, SCALAR_F16, mode="check")
     assert "In jax.lax" not in str(caught.value)
     guarded = dg.state_dtype_invariant(widen, state=1, mode="check")
     with dg.guard_loops(mode="cast"), pytest.raises(dg.StateDtypeError) as caught:
-        jax.lax.fori_loop(0, 3, guarded, F16)
+        jax.lax.fori_loop(0, 3, guarded, SCALAR_F16)
     assert "In jax.lax" not in str(caught.value)
 
 
 def test_a_function_bound_before_the_scope_is_not_reached():
     with dg.guard_loops(), pytest.raises(TypeError) as caught:
-        bound_before_the_scope(0, 3, widen, F16)
+        bound_before_the_scope(0, 3, widen, SCALAR_F16)
     assert not isinstance(caught.value, dg.StateDtypeError)
 
 
 def test_strict_mode_turns_cast_into_check():
     with dg.strict(), dg.guard_loops(mode="cast"), pytest.raises(dg.StateDtypeError) as caught:
-        jax.lax.fori_loop(0, 3, widen, F16)
+        jax.lax.fori_loop(0, 3, widen, SCALAR_F16)
     assert "strict mode is on" in str(caught.value)
 
 
@@ -343,7 +347,7 @@ def _bits(tree):
 @pytest.mark.parametrize("dtype,x64", CONFIGS, ids=[f"{d}-x64{x}" for d, x in CONFIGS])
 @pytest.mark.parametrize("solve", [_lbfgs, _bfgs, _tsit5], ids=["lbfgs", "bfgs", "tsit5"])
 def test_stable_programs_give_the_same_bits_with_and_without_the_hook(solve, dtype, x64):
-    with enable_x64(x64), warnings.catch_warnings():
+    with x64_for(dtype + ("+x64" if x64 else "")), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # optax's float16 scatter (issue 17.4)
         plain = _bits(jax.jit(solve, static_argnums=0)(dtype))
         for mode in ("check", "cast"):
@@ -362,7 +366,7 @@ def test_optax_value_and_grad_from_state_under_x64_names_optax_and_cast_runs():
     def run():
         return _lbfgs_loop(loss, jnp.zeros(3, jnp.bfloat16), 10)[0]
 
-    with enable_x64(True):
+    with x64_for("float64"):
         with pytest.raises(TypeError, match="branches must have equal output types"):
             run()
         with dg.guard_loops(), pytest.raises(dg.StateDtypeError) as caught:

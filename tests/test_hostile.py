@@ -12,10 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import F16
 
 from jax_dtypeguard import StateDtypeError, state_dtype_invariant
-
-F16 = jnp.float16
 
 
 def identity(state):

@@ -17,6 +17,9 @@ from jax_dtypeguard import (
 )
 from jax_dtypeguard._errors import Report
 
+# Check-mode behaviour: .ci/run runs this module again under --dtypeguard-strict.
+pytestmark = pytest.mark.check_mode
+
 
 class Moments(NamedTuple):
     mu: jax.Array
@@ -61,6 +64,7 @@ def test_error_is_a_type_error_from_the_public_module():
     )
 
 
+@pytest.mark.dtypeguard_strict(False)  # about cast/warn mode, which strict mode turns to check
 def test_cast_mode_hint_says_casting_cannot_fix_the_rest():
     with pytest.raises(StateDtypeError) as caught:
         run(update, mode="cast")
@@ -70,6 +74,7 @@ def test_cast_mode_hint_says_casting_cannot_fix_the_rest():
     assert "Hint: casting cannot fix these: return the same tree" in text
 
 
+@pytest.mark.dtypeguard_strict(False)  # about cast/warn mode, which strict mode turns to check
 def test_warning_has_the_same_report():
     with pytest.warns(StateDtypeWarning) as record:
         run(update, mode="warn")

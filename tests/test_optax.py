@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard._compat import enable_x64, get_aval, jit_cache_size
+from jax_dtypeguard._compat import get_aval
+from jax_dtypeguard.testing import x64_for
 
 optax = pytest.importorskip("optax")
 from jax_dtypeguard.optax import invariant  # noqa: E402
@@ -225,6 +226,82 @@ def test_shape_drift_raises_in_cast_mode():
     assert str(info.value).startswith("invariant(drifting_transformation) (tests/test_optax.py:")
 
 
+class _FastState(NamedTuple):
+    aggregate: dict
+    is_reset: bool = True
+
+
+def _fast_optimizer(reset_value=False):
+    """Optax's own lookahead test optimizer: `update` returns `is_reset` as a Python value."""
+
+    def init(params):
+        return _FastState(jax.tree.map(jnp.zeros_like, params), True)
+
+    def update(updates, state, params=None):
+        aggregate = optax.apply_updates(state.aggregate, updates)
+        return jax.tree.map(lambda u: -0.5 * u, updates), _FastState(aggregate, reset_value)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _lookahead_run(mode, *, jit, reset_value=False, steps=3):
+    tx = invariant(optax.lookahead(_fast_optimizer(reset_value), 3, 0.5), mode=mode)
+    params = optax.LookaheadParams.init_synced({"x": jnp.float32(3), "y": jnp.float32(-3)})
+    grads = {"x": jnp.float32(2), "y": jnp.float32(-2)}
+    update = jax.jit(tx.update) if jit else tx.update
+    state = jax.jit(tx.init)(params)  # `is_reset` is a bool[] array from here on
+    for _ in range(steps):
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+@pytest.mark.parametrize("mode", ["check", "cast"])
+def test_lookahead_python_bool_for_its_traced_bool_leaf_is_no_drift_under_jit(mode):
+    # optax.lookahead's inner state returns `is_reset=False` for a traced bool[]: jit makes
+    # it the same bool[] array. Optax's own lookahead tests run this way.
+    params, state = _lookahead_run(mode, jit=True)
+    plain = _lookahead_run("off", jit=True)
+    assert state.fast_state.is_reset.dtype == jnp.bool_
+    assert jax.tree.map(lambda a, b: bool(jnp.all(a == b)), (params, state), plain) == (
+        jax.tree.map(lambda _: True, plain)
+    )
+
+
+@pytest.mark.parametrize("mode", ["check", "cast"])
+def test_lookahead_python_scalar_of_another_type_under_jit_is_dtype_drift(mode):
+    # A Python int where the state holds a bool[]: under jit an int32 array, a change of kind.
+    with pytest.raises(dg.StateDtypeError) as info:
+        _lookahead_run(mode, jit=True, reset_value=0, steps=1)
+    kinds = [(m.path, m.kind) for m in info.value.mismatches]
+    assert ("opt_state.fast_state.is_reset", "dtype") in kinds
+    assert "opt_state.fast_state.is_reset: bool[] -> weak int32[] (Python int)" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["check", "cast"])
+def test_lookahead_python_bool_for_a_concrete_array_eagerly_stays_structure(mode):
+    with pytest.raises(dg.StateDtypeError) as info:
+        _lookahead_run(mode, jit=False, steps=1)
+    [mismatch] = info.value.mismatches
+    assert (mismatch.path, mismatch.kind) == ("opt_state.fast_state.is_reset", "structure")
+    assert (mismatch.expected, mismatch.got) == ("bool[]", "bool[] (Python bool)")
+
+
+def test_a_python_float_for_a_traced_float16_leaf_is_cast_under_jit():
+    def init(params):
+        return {"scale": jnp.ones((), jnp.float16)}
+
+    def update(updates, state, params=None):
+        return updates, {"scale": 0.5}  # weak float32 under jit
+
+    tx = optax.GradientTransformation(init, update)
+    params = jnp.ones(3, jnp.float16)
+    _, state = jax.jit(invariant(tx).update)(params, tx.init(params), params)
+    assert get_aval(state["scale"]) == get_aval(jnp.float16(0.5)) and state["scale"] == 0.5
+    with pytest.raises(dg.StateDtypeError, match=r"float16\[\] -> weak float32\[\] \(Python"):
+        jax.jit(invariant(tx, mode="check").update)(params, tx.init(params), params)
+
+
 def test_exceptions_from_the_optimizer_pass_through():
     with pytest.raises(TypeError, match="value"):  # Polyak SGD needs `value`
         tx = invariant(optax.polyak_sgd())
@@ -435,11 +512,12 @@ def jitted_run(tx, params, grads_dtype=None, steps=3):
 
     jitted = jax.jit(step)
     state = tx.init(params)
-    for _ in range(steps):
-        params, new_state = jitted(params, state)
-        assert types(new_state) == types(state)
-        state = new_state
-    return jit_cache_size(jitted), params
+    with dg.explain_recompiles(quiet=True) as report:
+        for _ in range(steps):
+            params, new_state = jitted(params, state)
+            assert types(new_state) == types(state)
+            state = new_state
+    return compiles(report, jitted), params
 
 
 @pytest.mark.parametrize("name", COMBINATIONS)
@@ -614,9 +692,10 @@ def sweep_run(name, dtype, grads_dtype=None, wrap=True, steps=3):
     jitted = jax.jit(step)
     params = make_params(dtype)
     init = state = tx.init(params)
-    for _ in range(steps):
-        params, state = jitted(params, state)
-    return jit_cache_size(jitted), init, state
+    with dg.explain_recompiles(quiet=True) as report:
+        for _ in range(steps):
+            params, state = jitted(params, state)
+    return compiles(report, jitted), init, state
 
 
 def sweep_params(names):
@@ -633,7 +712,7 @@ def test_the_sweep_covers_optax():
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("name", sweep_params(optax_optimizers()))
 def test_every_optimizer_keeps_its_state_types_and_compiles_once(name, dtype):
-    with enable_x64(dtype == "float64"), warnings.catch_warnings():
+    with x64_for(dtype), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         compiles, init, final = sweep_run(name, jnp.dtype(dtype))
     assert types(final) == types(init)
@@ -655,3 +734,9 @@ def test_every_optimizer_keeps_low_precision_state_under_float32_grads(name, dty
         compiles, init, final = sweep_run(name, jnp.dtype(dtype), jnp.float32)
     assert types(final) == types(init)
     assert compiles == 1
+
+
+def compiles(report, jitted):
+    """How many times `jitted` compiled (was traced by jit) within `report`'s scope; not
+    `_cache_size()`, which also counts C++ dispatch entries that did not trace."""
+    return sum(f.compiles for f in report.functions if f.name == jitted.__qualname__)

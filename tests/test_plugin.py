@@ -214,3 +214,92 @@ def test_loops_option_rejects_unknown_modes(pytester):
     result = pytester.runpytest_subprocess("--dtypeguard-loops=loud")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*--dtypeguard-loops: invalid choice: 'loud'*"])
+
+
+# --dtypeguard-recompiles and @pytest.mark.dtypeguard_max_compiles: a module-level
+# jitted step compiled twice in one test (a float32 array, then a Python float),
+# once in another.
+RECOMPILES_PROBE = textwrap.dedent(
+    """
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    @jax.jit
+    def step(x):
+        return x * 2
+
+    def test_compiles_twice():
+        step(jnp.float32(1))
+        step(1.0)
+
+    def test_compiles_once():
+        step(jnp.ones(3))
+
+    @pytest.mark.dtypeguard_max_compiles(1)
+    def test_over_budget():
+        step(jnp.ones(4))
+        step(jnp.ones(5))
+
+    @pytest.mark.dtypeguard_max_compiles(2)
+    def test_within_budget():
+        step(jnp.ones(6))
+        step(jnp.ones(7))
+    """
+)
+
+
+def test_recompiles_marker_fails_the_test_at_the_compile_over_budget(pytester):
+    pytester.makepyfile(test_recompiles_probe=RECOMPILES_PROBE)
+    result = pytester.runpytest_subprocess("--strict-markers", "-W", "error")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*RecompileError*", "FAILED *test_over_budget*"])
+    result.stdout.no_fnmatch_line("*jax_dtypeguard: recompiles*")  # no summary without the option
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_recompiles_option_summarises_each_test_that_compiled_again(pytester, workers):
+    pytester.makepyfile(test_recompiles_probe=RECOMPILES_PROBE)
+    result = pytester.runpytest_subprocess("--dtypeguard-recompiles", "-W", "error", *workers)
+    result.assert_outcomes(passed=3, failed=1)
+    summary = result.stdout.str().split("jax_dtypeguard: recompiles")[-1]
+    tests = [line for line in summary.splitlines() if line.startswith("test_recompiles_probe.py")]
+    assert sorted(tests) == [
+        "test_recompiles_probe.py::test_compiles_twice:",
+        "test_recompiles_probe.py::test_over_budget:",
+        "test_recompiles_probe.py::test_within_budget:",
+    ]
+    assert "3 tests compiled a jitted function more than once." in summary
+    assert "x: float32[] -> weak float32[] (Python float)" in summary
+    if not workers:
+        result.stdout.fnmatch_lines(
+            ["jax_dtypeguard recompiles: explained per test (--dtypeguard-recompiles)"]
+        )
+
+
+def test_recompiles_summary_says_when_nothing_compiled_again(pytester):
+    pytester.makepyfile("import jax\n\ndef test_once():\n    jax.jit(lambda x: x + 1)(1.0)\n")
+    result = pytester.runpytest_subprocess("--dtypeguard-recompiles")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*= jax_dtypeguard: recompiles =*", "No test compiled a jitted function more than once."]
+    )
+
+
+@pytest.mark.parametrize("arguments", ["", "0", "'1'", "1, 2"])
+def test_max_compiles_marker_needs_one_whole_number(pytester, arguments):
+    pytester.makepyfile(
+        "import pytest\n\n"
+        f"@pytest.mark.dtypeguard_max_compiles({arguments})\n"
+        "def test_marked():\n    pass\n"
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*dtypeguard_max_compiles*"])
+
+
+def test_recompiles_option_and_marker_are_documented(pytester):
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*--dtypeguard-recompiles*", "*Explain every jitted function*"])
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.dtypeguard_max_compiles(n): fail this test*"])

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from jax_dtypeguard import StateDtypeError, state_dtype_invariant
 from jax_dtypeguard._compat import convert_element_type
+from jax_dtypeguard.testing import x64_for
 
 ROOT = "state"
 SHAPES = [(), (0,), (1,), (3,), (2, 0), (0, 2), (2, 3)]
@@ -607,9 +608,7 @@ def test_rebuilt_state_of_equal_types_passes(data):
 @pytest.mark.parametrize("name", NARROW + WIDE)
 def test_every_named_dtype_is_a_legal_leaf(name):
     """The pool really holds every dtype (guards against silently dropping one)."""
-    from jax_dtypeguard._compat import enable_x64
-
-    with enable_x64(True):
+    with x64_for("float64"):
         leaf = make_leaf(Leaf("array", name, (2,), False, 0))
         assert leaf.dtype == jnp.dtype(name)
         assert state_dtype_invariant(lambda s: s)(leaf) is leaf

@@ -11,8 +11,12 @@ import pytest
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, StateDtypeWarning, state_dtype_invariant
-from jax_dtypeguard._compat import enable_x64, source_frames
+from jax_dtypeguard._compat import source_frames
 from jax_dtypeguard._errors import short_path
+from jax_dtypeguard.testing import x64_for
+
+# Check-mode behaviour: .ci/run runs this module again under --dtypeguard-strict.
+pytestmark = pytest.mark.check_mode
 
 HERE = short_path(__file__)
 with open(__file__) as _source:
@@ -48,7 +52,7 @@ def test_argument_promotes_state(transform):
         "vmap": jax.vmap(step_value, in_axes=(0, None)),
     }[transform]
     state = jnp.ones((2, 3) if transform == "vmap" else 3, jnp.float16)
-    with enable_x64(True):
+    with x64_for("float64"):
         error, (origin,) = origins(call, state, jnp.float64(2))
     assert origin == dg.Origin("add", HERE, line_of("value promotes"), "step_value", "value")
     expected = (
@@ -72,6 +76,7 @@ def test_message_line_without_argument():
     assert expected in str(error).splitlines()
 
 
+@pytest.mark.dtypeguard_strict(False)  # about cast/warn mode, which strict mode turns to check
 def test_warn_mode_reports_origin():
     @state_dtype_invariant(mode="warn")
     def step(state, grad):
@@ -369,6 +374,7 @@ def test_no_origin_for_shape_or_structure():
     assert kinds["structure"] is None
 
 
+@pytest.mark.dtypeguard_strict(False)  # about cast/warn mode, which strict mode turns to check
 def test_reported_warnings_of_inner_guards_are_not_repeated():
     @state_dtype_invariant(mode="warn")
     def inner(s):

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, state_dtype_invariant
-from jax_dtypeguard._compat import enable_x64, get_aval, jit_cache_size
+from jax_dtypeguard._compat import get_aval
+from jax_dtypeguard.testing import x64_for
 
 
 class ZoomState(NamedTuple):
@@ -34,7 +36,7 @@ def f16_zoom_state():
 
 
 def test_float16_state_with_float64_value_is_caught_naming_every_leaf():
-    with enable_x64(True):
+    with x64_for("float64"):
         guarded = state_dtype_invariant(zoom_step)
         with pytest.raises(StateDtypeError) as caught:
             jax.jit(guarded)(f16_zoom_state(), jnp.float64(2.0))
@@ -56,7 +58,7 @@ def test_unguarded_while_loop_fails_inside_jax_and_cast_makes_it_run():
 
         return jax.lax.while_loop(lambda c: c[1] < 5, body, (f16_zoom_state(), 0))
 
-    with enable_x64(True):
+    with x64_for("float64"):
         with pytest.raises(TypeError, match="carry"):
             loop(zoom_step)
         state, steps = loop(state_dtype_invariant(zoom_step, mode="cast"))
@@ -67,7 +69,7 @@ def test_unguarded_while_loop_fails_inside_jax_and_cast_makes_it_run():
 
 
 def test_guarded_while_loop_check_mode_names_the_step_not_jax():
-    with enable_x64(True), pytest.raises(StateDtypeError, match=r"zoom_step \("):
+    with x64_for("float64"), pytest.raises(StateDtypeError, match=r"zoom_step \("):
         jax.lax.while_loop(
             lambda s: ~s.done,
             lambda s: state_dtype_invariant(zoom_step)(s, jnp.float64(0.5)),
@@ -112,18 +114,20 @@ def test_weak_type_drift_makes_jit_compile_twice_and_cast_compiles_once():
     assert get_aval(weak_info().num_steps).weak_type
     plain = jax.jit(flip_weak)
     info = weak_info()
-    for _ in range(3):
-        info = plain(info)
-    assert jit_cache_size(plain) == 2
+    with dg.explain_recompiles(quiet=True) as report:
+        for _ in range(3):
+            info = plain(info)
+    assert compiles(report, plain) == 2
 
     with pytest.raises(StateDtypeError, match=r"info\.num_steps: weak int32\[\] -> int32\[\]"):
         jax.jit(state_dtype_invariant(flip_weak))(weak_info())
 
     cast = jax.jit(state_dtype_invariant(flip_weak, mode="cast"))
     info = weak_info()
-    for _ in range(3):
-        info = cast(info)
-    assert jit_cache_size(cast) == 1
+    with dg.explain_recompiles(quiet=True) as report:
+        for _ in range(3):
+            info = cast(info)
+    assert compiles(report, cast) == 1
     assert get_aval(info.num_steps).weak_type and get_aval(info.error).weak_type
     assert int(info.num_steps) == 3
 
@@ -156,3 +160,9 @@ def test_drift_is_caught_under_each_transformation(transform, x64):
     assert jnp.allclose(
         out.astype(jnp.float32), 2.0 ** (2 if transform in ("scan", "fori_loop") else 1)
     )
+
+
+def compiles(report, jitted):
+    """How many times `jitted` compiled (was traced by jit) within `report`'s scope; not
+    `_cache_size()`, which also counts C++ dispatch entries that did not trace."""
+    return sum(f.compiles for f in report.functions if f.name == jitted.__qualname__)

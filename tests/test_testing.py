@@ -25,7 +25,7 @@ from jax_dtypeguard.testing import (
 )
 
 pytest_plugins = ["pytester"]
-pytestmark = pytest.mark.dtypeguard_strict
+pytestmark = [pytest.mark.dtypeguard_strict, pytest.mark.check_mode]
 
 
 class State(NamedTuple):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard import StateDtypeError, StateDtypeWarning, _signature, state_dtype_invariant
+from jax_dtypeguard import StateDtypeError, StateDtypeWarning, _caches, state_dtype_invariant
 
 THREADS = 8
 
@@ -134,7 +134,7 @@ def test_strict_in_one_thread_only():
 
 def test_eager_verdict_cache_under_threads(monkeypatch):
     """Many signatures from many threads, a cache small enough to be cleared constantly."""
-    monkeypatch.setattr(_signature, "CACHE_LIMIT", 3)
+    monkeypatch.setattr(_caches, "CACHE_LIMIT", 3)
     guarded = state_dtype_invariant(drifting, mode="cast")
     checked = state_dtype_invariant(drifting)
     dtypes = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.int8, jnp.int32, jnp.uint8]

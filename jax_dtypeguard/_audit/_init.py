@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._call_site import equation_location, user_frame
 from .._compat import Tracer
 from .._errors import Mismatch, Origin, short_path
 from .._plan import describe_location
-from .._provenance import is_user_file, user_location
 from .._signature import LeafSignature, split_traced
 from ..testing import InitCheck
 
@@ -106,7 +106,7 @@ def _init_leaves(check: InitCheck, dtype: str) -> dict[str, _Leaf]:
     leaves = {}
     for path, outvar, aval, ref in zip(paths, closed.jaxpr.outvars, closed.out_avals, follows):
         eqn = producers.get(id(outvar))
-        where = user_location(eqn) if eqn is not None else None
+        where = equation_location(eqn) if eqn is not None else None
         if eqn is None or where is None:
             number = int(line) if line.isdigit() else None
             origin = InitOrigin("init", file or None, number, name, constant=True)
@@ -141,9 +141,7 @@ def _constant_lines(check: InitCheck, dtype: str) -> dict[str, tuple[str, int, s
     def watch(frame: Any, event: str, value: Any) -> None:
         if event != "return" or frame.f_code not in codes:
             return
-        caller = frame.f_back
-        while caller is not None and not is_user_file(caller.f_code.co_filename):
-            caller = caller.f_back
+        caller = user_frame(frame.f_back, installed=True)[0]
         if caller is not None and id(value) not in made:
             code = caller.f_code
             name = getattr(code, "co_qualname", code.co_name)

@@ -1,5 +1,5 @@
 """The audit's `--jit`: a case's step jitted for a few steps on real arrays, its
-compilations (traces) counted."""
+compiles counted by `explain_recompiles` (traces by jit, not C++ cache entries)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 
+from .. import explain_recompiles
 from .._signature import split_traced
 from ..testing import Case
 
@@ -56,8 +57,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def jit_compiles(case: Case, dtype: str) -> int:
-    """Compilations over `JIT_STEPS` jitted steps with real arrays: the traces of
-    the step (each new signature of the state is traced, then compiled, once)."""
+    """Compiles over `JIT_STEPS` jitted steps with real arrays, as `explain_recompiles`
+    counts them: the traces of the step by jit (each new signature of the state is
+    traced, then compiled, once)."""
     state, args = case.inputs(dtype)
     several = isinstance(case.state_arg, tuple)
     parts = list(state) if several else [state]
@@ -66,11 +68,9 @@ def jit_compiles(case: Case, dtype: str) -> int:
         if several
         else (case.out,)
     )
-    traces = [0]
     rebuild_out: list[Callable[[list[Any]], Any]] = []
 
     def step(values: list[Any], static: StaticHalf) -> Any:
-        traces[0] += 1
         positional, keywords = static.rebuild(values)
         result = case.fn(*positional, **keywords)
         new_parts = [result if index is None else result[index] for index in outs]
@@ -80,8 +80,9 @@ def jit_compiles(case: Case, dtype: str) -> int:
         return dynamic
 
     jitted = jax.jit(step, static_argnums=1)
-    for _ in range(JIT_STEPS):
-        values, static = _traced_inputs(case, parts, args)
-        dynamic = jitted(values, static)
-        parts = list(rebuild_out[0](list(dynamic)))
-    return traces[0]
+    with explain_recompiles(quiet=True) as report:
+        for _ in range(JIT_STEPS):
+            values, static = _traced_inputs(case, parts, args)
+            dynamic = jitted(values, static)
+            parts = list(rebuild_out[0](list(dynamic)))
+    return sum(f.compiles for f in report.functions if f.name == step.__qualname__)

@@ -83,7 +83,22 @@ if _config.config.loops != "off":
     _follow_config()
 
 
+# Submodules that need an optional library: `dg.optax` imports it on first use, but a star
+# import (`__all__`) does not, so a program without Optax can import everything else.
+_OPTIONAL_SUBMODULES = {"optax": "optax"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _OPTIONAL_SUBMODULES:
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as error:
+            if error.name != _OPTIONAL_SUBMODULES[name]:
+                raise
+            raise AttributeError(
+                f"jax_dtypeguard.{name} needs {error.name}, which is not installed: "
+                f"pip install 'jax_dtypeguard[{name}]'"
+            ) from error
     try:
         module_name, attribute = _EXPORTS[name]
     except KeyError:

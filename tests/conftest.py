@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 from hypothesis import HealthCheck, settings
 
+from jax_dtypeguard import _config
 from jax_dtypeguard.testing import x64_for
 
 # One meaning per name across the suite (test modules import them: `from conftest import F16`).
@@ -49,3 +50,32 @@ def x64(request):
     with x64_for("float32+x64" if request.param else "float32"):
         assert jax.config.jax_enable_x64 is request.param, "run the suite with x64 off"
         yield request.param
+
+
+@pytest.fixture
+def outside_loop_scopes():
+    """The test starts outside any guard_loops scope (even under --dtypeguard-loops)."""
+    token = _config.loops_override.set(_config.LoopSettings("off", False))
+    try:
+        yield
+    finally:
+        _config.loops_override.reset(token)
+
+
+def count_calls(monkeypatch, module, name):
+    """Replaces `module.name` by a wrapper that records each call; returns the record."""
+    calls = []
+    real = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def compiles(report, jitted):
+    """How many times `jitted` compiled (was traced by jit) within `report`'s scope; not
+    `_cache_size()`, which also counts C++ dispatch entries that did not trace."""
+    return sum(f.compiles for f in report.functions if f.name == jitted.__qualname__)

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import count_calls
 from jaxtyping import Array, Float
 
 import jax_dtypeguard as dg
@@ -90,18 +91,6 @@ def test_no_cache_lives_outside_the_registry():
                     if a.name in forbidden
                 ]
     assert found == []
-
-
-def count_calls(monkeypatch, module, name):
-    calls = []
-    real = getattr(module, name)
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, counting)
-    return calls
 
 
 def test_a_verdict_is_computed_again_after_clearing(monkeypatch):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import count_calls
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, StateDtypeWarning, _comparisons, state_dtype_invariant
@@ -357,19 +358,6 @@ def test_cast_adds_exactly_one_conversion_per_drifting_leaf():
         )
 
     assert converts(state_dtype_invariant(step, mode="cast")) == converts(step) + 2
-
-
-def count_calls(monkeypatch, module, name):
-    """Replaces `module.name` by a wrapper that records each call; returns the record."""
-    calls = []
-    real = getattr(module, name)
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, counting)
-    return calls
 
 
 def test_eager_verdicts_are_cached_per_signature(monkeypatch):

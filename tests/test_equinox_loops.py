@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 import jax_dtypeguard as dg
-from jax_dtypeguard import _config
-from jax_dtypeguard._compat import enable_x64
+from jax_dtypeguard.testing import x64_for
 
 eqxi = pytest.importorskip("equinox.internal")
 optx = pytest.importorskip("optimistix")
@@ -29,14 +28,7 @@ KINDS = ["lax", "checkpointed", "bounded"]
 EQUINOX_REJECTS = "`body_fun` must have the same input and output structure"
 
 
-@pytest.fixture(autouse=True)
-def _no_session_scope():
-    """Each test starts outside any guard_loops scope (even under --dtypeguard-loops)."""
-    token = _config.loops_override.set(_config.LoopSettings("off", False))
-    try:
-        yield
-    finally:
-        _config.loops_override.reset(token)
+pytestmark = pytest.mark.usefixtures("outside_loop_scopes")
 
 
 # --- Equinox's loop on its own --------------------------------------------------------------
@@ -329,7 +321,7 @@ def _check_the_matrix_cell(name, dtype, adjoint=None):
 @pytest.mark.parametrize("dtype,x64", MATRIX)
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_every_solver_through_its_driver(name, dtype, x64):
-    with enable_x64(x64):
+    with x64_for("float32+x64" if x64 else "float32"):
         _check_the_matrix_cell(name, dtype)
 
 
@@ -340,7 +332,7 @@ CHECKPOINTED = ["BestSoFarMinimiser(BFGS)", "NelderMead", "FixedPointIteration",
 @pytest.mark.parametrize("name", CHECKPOINTED)
 def test_solvers_under_the_checkpointed_adjoint(name, dtype, x64):
     # RecursiveCheckpointAdjoint runs Optimistix's loop as kind="checkpointed".
-    with enable_x64(x64):
+    with x64_for("float32+x64" if x64 else "float32"):
         _check_the_matrix_cell(name, dtype, optx.RecursiveCheckpointAdjoint())
 
 
@@ -361,9 +353,9 @@ def test_repaired_solves_run_in_their_dtype_and_agree_with_float64(name, dtype, 
     def solve(y0):
         return driver(fn, solver, y0, max_steps=256, throw=False).value
 
-    with enable_x64(True):
+    with x64_for("float64"):
         reference = np.asarray(jax.jit(solve)(jnp.asarray(y0, jnp.float64)))
-    with enable_x64(x64), warnings.catch_warnings():
+    with x64_for("float32+x64" if x64 else "float32"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with dg.guard_loops(mode="cast"):
             value = jax.jit(solve)(jnp.asarray(y0, dtype))

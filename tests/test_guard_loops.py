@@ -16,18 +16,9 @@ from conftest import SCALAR_F16
 from jax.lax import fori_loop as bound_before_the_scope
 
 import jax_dtypeguard as dg
-from jax_dtypeguard import _config
 from jax_dtypeguard.testing import x64_for
 
-
-@pytest.fixture(autouse=True)
-def _no_session_scope():
-    """Each test starts outside any guard_loops scope (even under --dtypeguard-loops)."""
-    token = _config.loops_override.set(_config.LoopSettings("off", False))
-    try:
-        yield
-    finally:
-        _config.loops_override.reset(token)
+pytestmark = pytest.mark.usefixtures("outside_loop_scopes")
 
 
 def widen(i, x):

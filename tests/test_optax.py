@@ -9,12 +9,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import compiles
 
 import jax_dtypeguard as dg
 from jax_dtypeguard._compat import get_aval
 from jax_dtypeguard.testing import x64_for
 
 optax = pytest.importorskip("optax")
+
 from jax_dtypeguard.optax import invariant  # noqa: E402
 
 
@@ -736,7 +738,8 @@ def test_every_optimizer_keeps_low_precision_state_under_float32_grads(name, dty
     assert compiles == 1
 
 
-def compiles(report, jitted):
-    """How many times `jitted` compiled (was traced by jit) within `report`'s scope; not
-    `_cache_size()`, which also counts C++ dispatch entries that did not trace."""
-    return sum(f.compiles for f in report.functions if f.name == jitted.__qualname__)
+def test_dg_optax_is_reached_from_the_package_without_its_own_import():
+    import jax_dtypeguard.optax as module
+
+    assert dg.optax is module
+    assert "optax" not in dg.__all__  # a star import needs no Optax

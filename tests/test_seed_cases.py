@@ -3,12 +3,14 @@
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import compiles
 
 import jax_dtypeguard as dg
 from jax_dtypeguard._compat import get_aval
 from jax_dtypeguard.testing import x64_for
 
 optax = pytest.importorskip("optax")
+
 from jax_dtypeguard.optax import invariant  # noqa: E402
 
 
@@ -176,9 +178,3 @@ def test_unwrapped_backtracking_under_optimistix():
     # state check passes; older Optax (an int `0` in `init`) failed here.
     solution = minimise(backtracking_sgd(), quadratic_fn)
     assert jnp.allclose(solution.value, jnp.array([2.0, -1.0]), atol=1e-5)
-
-
-def compiles(report, jitted):
-    """How many times `jitted` compiled (was traced by jit) within `report`'s scope; not
-    `_cache_size()`, which also counts C++ dispatch entries that did not trace."""
-    return sum(f.compiles for f in report.functions if f.name == jitted.__qualname__)

@@ -5,6 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import compiles
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, state_dtype_invariant
@@ -160,9 +161,3 @@ def test_drift_is_caught_under_each_transformation(transform, x64):
     assert jnp.allclose(
         out.astype(jnp.float32), 2.0 ** (2 if transform in ("scan", "fori_loop") else 1)
     )
-
-
-def compiles(report, jitted):
-    """How many times `jitted` compiled (was traced by jit) within `report`'s scope; not
-    `_cache_size()`, which also counts C++ dispatch entries that did not trace."""
-    return sum(f.compiles for f in report.functions if f.name == jitted.__qualname__)

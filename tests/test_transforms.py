@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import F16, F32
+from conftest import F16, F32, compiles
 
 import jax_dtypeguard as dg
 from jax_dtypeguard import StateDtypeError, state_dtype_invariant
@@ -417,9 +417,3 @@ def test_strict_mode_reaches_every_transform(transform):
 
 def _raw(w, x):
     return w * x
-
-
-def compiles(report, jitted):
-    """How many times `jitted` compiled (was traced by jit) within `report`'s scope; not
-    `_cache_size()`, which also counts C++ dispatch entries that did not trace."""
-    return sum(f.compiles for f in report.functions if f.name == jitted.__qualname__)

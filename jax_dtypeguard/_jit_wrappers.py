@@ -114,20 +114,28 @@ def _bind(
     return names, {i: f"args[{i}]" for i in range(len(args))}
 
 
-def _plain(trace: JitTrace) -> CallView:
-    name, location, key = describe_function(trace.fun)
-    arguments, positions = _bind(trace.signature, trace.args, trace.kwargs)
+def _view(
+    trace: JitTrace, fun: Any, arguments: dict[str, Any], positions: dict[int, str]
+) -> CallView:
+    """The view of `fun`'s call with its arguments by the user's names, and which of them
+    jit holds static (`static_argnums` by position, `static_argnames`)."""
+    name, location, key = describe_function(fun)
     static = {positions[i] for i in trace.static_argnums if i in positions}
     static |= {n for n in trace.static_argnames if n in arguments}
     return CallView(
         name,
         location,
         key,
-        _weakly(trace.fun),
+        _weakly(fun),
         arguments,
         frozenset(static),
         keywords=frozenset(trace.kwargs),
     )
+
+
+def _plain(trace: JitTrace) -> CallView:
+    arguments, positions = _bind(trace.signature, trace.args, trace.kwargs)
+    return _view(trace, trace.fun, arguments, positions)
 
 
 # --- Equinox: `filter_jit` jits `fun_wrapped(dynamic_donate, dynamic_nodonate, static)` ------
@@ -227,7 +235,6 @@ def _nnx_state(value: Any) -> Any:
 
 
 def _flax(trace: JitTrace, fun: Any) -> CallView:
-    name, location, key = describe_function(fun)
     try:
         signature: inspect.Signature | None = inspect.signature(fun)
     except (TypeError, ValueError):
@@ -237,17 +244,7 @@ def _flax(trace: JitTrace, fun: Any) -> CallView:
         arguments = {k: _nnx_state(v) for k, v in arguments.items()}
     except Exception:  # an NNX layout this version does not know: its own leaves then
         pass
-    static = {positions[i] for i in trace.static_argnums if i in positions}
-    static |= {n for n in trace.static_argnames if n in arguments}
-    return CallView(
-        name,
-        location,
-        key,
-        _weakly(fun),
-        arguments,
-        frozenset(static),
-        keywords=frozenset(trace.kwargs),
-    )
+    return _view(trace, fun, arguments, positions)
 
 
 def view_of(trace: JitTrace) -> CallView:

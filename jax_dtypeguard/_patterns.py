@@ -11,12 +11,13 @@ joined by `/`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+
+from ._caches import memoized
 
 __all__ = ["Pattern", "path_segments", "root_segments"]
 
@@ -47,7 +48,7 @@ def split_path(text: str) -> tuple[str, ...] | None:
     return tuple(segments) if segments else None
 
 
-@functools.lru_cache(maxsize=256)
+@memoized
 def root_segments(root: str) -> tuple[str, ...]:
     """The segments of an argument's name as reports print it (`args[0]` is `args`, `0`)."""
     return split_path(root) or (root,)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import os
 import sys
 import threading
@@ -395,7 +394,6 @@ def _differing_leaves(mismatches: list[Mismatch]) -> int:
     return len({m.path for m in mismatches})
 
 
-@functools.cache
 def _jax_directories() -> tuple[str, ...]:
     return code_directories()[0]
 

@@ -242,7 +242,9 @@ def test_page(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _fail_on_other_versions(page: Path, text: str) -> None:
-    mismatches = version_mismatches(text)
+    """Fails where a pinned library is installed in another release. One that is not
+    installed leaves nothing to compare: the examples that use it need it (`requires`)."""
+    mismatches = [m for m in version_mismatches(text) if not m.endswith("not installed)")]
     if mismatches:
         pytest.fail(
             f"{_page_id(page)} shows output (reports, source lines) of "
@@ -264,8 +266,10 @@ def test_page_names_the_releases_its_output_shows(page: Path) -> None:
         f"<!-- compared against: {', '.join(f'{name} X.Y.Z' for name in unpinned)} --> "
         "naming the releases they come from"
     )
-    if compared_against(text):
-        _fail_on_other_versions(page, text)
+    absent = [m for m in version_mismatches(text) if m.endswith("not installed)")]
+    if absent:
+        pytest.skip(f"{_page_id(page)} shows output of {', '.join(absent)}: not compared here")
+    _fail_on_other_versions(page, text)
 
 
 def _api_names() -> list[str]:

@@ -39,7 +39,7 @@ _CACHE = Cache()
 def _forget(key: int, reference: weakref.ref[Any]) -> None:
     entry = _CACHE.get(key)
     if entry is not None and entry[0] is reference:
-        del _CACHE[key]
+        _CACHE.pop(key, None)  # `clear_caches()` in another thread may have emptied it
 
 
 def _guard(

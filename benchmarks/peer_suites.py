@@ -16,7 +16,9 @@ the same pytest command: plain, then under the project's tools:
   Diffrax) it runs.
 
 `--recompiles` adds a third run per suite under `--dtypeguard-recompiles`
-where the installed jax_dtypeguard has that option.
+(`--recompiles with-guarded`: the option joins the guarded run instead).
+`--plain failures` runs the whole suite once, under the tools, and plain only
+the tests that failed there: what a whole suite on 2 cores can afford.
 
 Each run is a fresh `python -m pytest` with plugin autoloading off (only
 xdist, jaxtyping where the library's config asks for it, and ours), results
@@ -369,17 +371,19 @@ def _test_id(classname: str, name: str) -> str:
     return "::".join(filter(None, [f"{module}.py" if module else "", *parts[split:], name]))
 
 
+_BAD = ("failed", "error")
+
+
 def _compare(plain: Run, guarded: Run) -> dict[str, Any]:
-    bad = ("failed", "error")
     new = sorted(
         test
         for test, outcome in guarded.outcomes.items()
-        if outcome in bad and plain.outcomes.get(test) not in bad
+        if outcome in _BAD and plain.outcomes.get(test) not in _BAD
     )
     fixed = sorted(
         test
         for test, outcome in plain.outcomes.items()
-        if outcome in bad and guarded.outcomes.get(test) == "passed"
+        if outcome in _BAD and guarded.outcomes.get(test) == "passed"
     )
     missing = sorted(set(plain.outcomes) - set(guarded.outcomes))
     return {
@@ -428,14 +432,28 @@ def _run_suite(suite: Suite, args: argparse.Namespace, workdir: Path) -> dict[st
             _PLUGIN_SOURCE.format(mode="cast"), encoding="utf-8"
         )
     common = {"workers": args.workers, "limit_s": args.limit_minutes * 60}
-    runs = [_run_pytest(suite, "plain", root, targets, [], workdir, **common)]
-    runs.append(
-        _run_pytest(suite, "guarded", root, targets, list(suite.guarded_args), workdir, **common)
-    )
-    if args.recompiles:
-        recompiles = ["-p", "jax_dtypeguard", "--dtypeguard-recompiles"]
+    recompiles = ["-p", "jax_dtypeguard", "--dtypeguard-recompiles"]
+    guarded_args = list(suite.guarded_args)
+    if args.recompiles == "with-guarded":
+        guarded_args += recompiles[2:] if "jax_dtypeguard" in guarded_args else recompiles
+    if args.plain == "all":
+        plain = _run_pytest(suite, "plain", root, targets, [], workdir, **common)
+        guarded = _run_pytest(suite, "guarded", root, targets, guarded_args, workdir, **common)
+    else:  # the whole suite once, under the tools; plain again only where that failed
+        guarded = _run_pytest(suite, "guarded", root, targets, guarded_args, workdir, **common)
+        failed = [test for test, outcome in guarded.outcomes.items() if outcome in _BAD]
+        plain = (
+            _run_pytest(suite, "plain", root, failed, [], workdir, **common)
+            if failed
+            else Run("plain", {}, {}, 0.0, 0)
+        )
+    runs = [plain, guarded]
+    if args.recompiles == "separate":
         runs.append(_run_pytest(suite, "recompiles", root, targets, recompiles, workdir, **common))
-    result["guarded_with"] = " ".join(suite.guarded_args)
+    result["guarded_with"] = " ".join(guarded_args)
+    result["plain_run"] = (
+        "the same tests" if args.plain == "all" else "only the tests that failed under the tools"
+    )
     result["runs"] = {
         run.label: {
             **run.counts(),
@@ -448,7 +466,8 @@ def _run_suite(suite: Suite, args: argparse.Namespace, workdir: Path) -> dict[st
     }
     result.update(_compare(runs[0], runs[1]))
     if args.recompiles:
-        junit = workdir / f"{suite.name}-recompiles.xml"
+        run = "recompiles" if args.recompiles == "separate" else "guarded"
+        junit = workdir / f"{suite.name}-{run}.xml"
         reports = _read_recompiles(junit) if junit.exists() else {}
         result["recompiles"] = _recompile_summary(reports)
     if args.logs:
@@ -520,8 +539,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-minutes", type=float, default=120.0, help="per pytest run")
     parser.add_argument(
         "--recompiles",
-        action="store_true",
-        help="also run each suite under --dtypeguard-recompiles",
+        nargs="?",
+        const="separate",
+        choices=("separate", "with-guarded"),
+        help="also explain recompiles (--dtypeguard-recompiles): in a third run (separate, "
+        "the default) or in the guarded run itself (with-guarded)",
+    )
+    parser.add_argument(
+        "--plain",
+        choices=("all", "failures"),
+        default="all",
+        help="run the plain suite on every test (all, the default), or, after the guarded "
+        "run, only on the tests that failed there (failures: half the time; a test that "
+        "fails plain but passes under the tools goes unseen)",
     )
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--logs", help="copy each run's pytest output into this directory")

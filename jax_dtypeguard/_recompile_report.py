@@ -85,8 +85,8 @@ class Snapshot:
     max_compiles: int | None
     exceeded: bool
     jax_version: str
-    internal: frozenset[tuple[str, str | None]] = frozenset()  # JAX's own (eager jax.numpy)
-    eager: tuple[int, float] = (0, 0.0)  # eager operations compiled: count, seconds
+    # Eager operations compiled, JAX's own jitted helpers (jax.numpy's) included: count, seconds.
+    eager: tuple[int, float] = (0, 0.0)
 
 
 class RecompileReport:
@@ -246,10 +246,8 @@ def describe_recompile(recompile: Recompile, number: int, indent: str = "  ") ->
 def render(snapshot: Snapshot) -> str:
     """The report's text."""
     functions = snapshot.functions
-    internal = [f for f in functions if (f.name, f.location) in snapshot.internal]
-    own = [f for f in functions if (f.name, f.location) not in snapshot.internal]
-    again = [f for f in own if f.compiles > 1]
-    once = [f for f in own if f.compiles == 1]
+    again = [f for f in functions if f.compiles > 1]
+    once = [f for f in functions if f.compiles == 1]
     total = sum(f.compiles for f in functions)
     lines = []
     header = "jax_dtypeguard.explain_recompiles: "
@@ -278,17 +276,15 @@ def render(snapshot: Snapshot) -> str:
         lines.append(f"{f.name}{where}: {f.compiles} compiles{calls}{cost}")
         for number, recompile in enumerate(f.recompiles, start=2):
             lines.extend(describe_recompile(recompile, number))
-    if once or internal or snapshot.eager[0] or snapshot.untraced[0] or snapshot.nested:
+    if once or snapshot.eager[0] or snapshot.untraced[0] or snapshot.nested:
         lines.append("")
     if once:
         cost = ""
         if snapshot.timed:
             cost = f" ({sum(f.seconds or 0.0 for f in once):.2f} s)"
         lines.append(f"{len(once)} function{'s' if len(once) != 1 else ''} compiled once{cost}.")
-    eager_count, eager_seconds = snapshot.eager
-    if internal or eager_count:
-        compiles = sum(f.compiles for f in internal) + eager_count
-        seconds = sum(f.seconds or 0.0 for f in internal) + eager_seconds
+    compiles, seconds = snapshot.eager
+    if compiles:
         cost = f", {seconds:.2f} s" if snapshot.timed else ""
         lines.append(
             f"Eager JAX calls (operations, and JAX's own jitted functions such as jax.numpy's): "

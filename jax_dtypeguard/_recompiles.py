@@ -448,7 +448,11 @@ class _Recorder:
                 history.recompiles.append(recompile)
                 self.nested.update(dict.fromkeys(traced.trace.nested))
             history.compiles.append(compile)
-            if self.max_compiles is None or len(history.compiles) <= self.max_compiles:
+            if (
+                self.max_compiles is None
+                or history.internal  # an eager jax.numpy call: one compile per dtype, by design
+                or len(history.compiles) <= self.max_compiles
+            ):
                 return None
             self.exceeded = True
             return _budget_error(history, self.max_compiles)
@@ -501,21 +505,24 @@ class _Recorder:
 
     def snapshot(self) -> Snapshot:
         with self.lock:
-            functions = [
-                CompiledFunction(
-                    h.name,
-                    h.location,
-                    len(h.compiles),
-                    None,
-                    sum(c.trace.seconds for c in h.compiles) if self.timed else None,
-                    tuple(h.recompiles),
-                )
-                for h in self.histories.values()
-                if h.compiles
-            ]
-            internal = frozenset(
-                (h.name, h.location) for h in self.histories.values() if h.internal
-            )
+            functions = []
+            eager_count, eager_seconds = self.eager_count, self.eager_seconds
+            for h in self.histories.values():
+                seconds = sum(c.trace.seconds for c in h.compiles)
+                if h.internal:  # JAX's own jitted helpers count as the eager calls they serve
+                    eager_count += len(h.compiles)
+                    eager_seconds += seconds
+                elif h.compiles:
+                    functions.append(
+                        CompiledFunction(
+                            h.name,
+                            h.location,
+                            len(h.compiles),
+                            None,
+                            seconds if self.timed else None,
+                            tuple(h.recompiles),
+                        )
+                    )
             functions.sort(key=lambda f: (-(f.seconds or 0.0), -f.compiles))
             return Snapshot(
                 tuple(functions),
@@ -525,8 +532,7 @@ class _Recorder:
                 self.max_compiles,
                 self.exceeded,
                 jax.__version__,
-                internal,
-                (self.eager_count, self.eager_seconds),
+                (eager_count, eager_seconds),
             )
 
 

@@ -117,6 +117,21 @@ def test_max_compiles_raises_at_the_call_that_compiles_once_too_often():
     assert report.exceeded
 
 
+def test_eager_jax_numpy_calls_in_two_dtypes_are_eager_compiles_not_recompiles():
+    # jnp.sum runs JAX's own jitted _reduce_sum: one compile per dtype, by design.
+    with dg.explain_recompiles(max_compiles=1, quiet=True) as report:
+        jnp.sum(jnp.ones(3))
+        jnp.sum(jnp.ones(3, jnp.float16))
+        jax.jit(lambda x: x + 1)(1.0)
+    assert not report.exceeded
+    assert [(f.compiles, f.recompiles) for f in report.functions] == [(1, ())]
+    text = str(report)
+    assert text.startswith("jax_dtypeguard.explain_recompiles: no function compiled more than once")
+    assert "_reduce_sum" not in text
+    eager = report.to_dict()["eager_compiles"]["count"]
+    assert eager >= 2 and "Eager JAX calls (operations, and JAX's own" in text
+
+
 def test_max_compiles_must_be_a_positive_int():
     with pytest.raises(ValueError, match="max_compiles must be a positive int"):
         dg.explain_recompiles(max_compiles=0)

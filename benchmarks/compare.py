@@ -47,7 +47,13 @@ _EAGER = [
     ("cached verdict / 2 tree_flattens", "x", ("cached_verdict", "over_two_flattens")),
     ("first call, same types", "us", ("first_call_same_types", "overhead_us")),
     ("first call, new signature", "us", ("first_call_new_signature", "overhead_us")),
+    (
+        "fast path / 2 flattens + a pass over each side's leaves",
+        "x",
+        ("fast_path", "over_two_flattens_and_reads"),
+    ),
     ("2 tree_flattens (JAX)", "us", ("two_flattens_us",)),
+    ("2 tree_flattens + a pass over each side's leaves", "us", ("two_flattens_and_reads_us",)),
 ]
 # (label, unit, extractor)
 FIGURES: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [

@@ -487,6 +487,8 @@ def _markdown(results: list[dict[str, Any]]) -> str:
             )
             continue
         for label, run in result["runs"].items():
+            if label == "plain" and result["plain_run"] != "the same tests":
+                label = "plain, the tests that failed guarded"
             time_text = f"{run['seconds']} s" + (" (time limit)" if run["timed_out"] else "")
             lines.append(
                 f"| {result['suite']} {result['version']} | {label} | {run['passed']} | "

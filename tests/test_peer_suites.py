@@ -79,6 +79,43 @@ def test_new_failures_are_those_that_passed_plain():
     assert plain.counts() == {"passed": 2, "failed": 1, "error": 1, "skipped": 1}
 
 
+@pytest.mark.parametrize("failures", [["t.py::a", "t.py::c"], []], ids=["some", "none"])
+def test_plain_failures_runs_plain_only_where_the_guarded_run_failed(
+    monkeypatch, tmp_path, failures
+):
+    calls = []
+
+    def run_pytest(suite, label, root, targets, extra, workdir, **common):
+        calls.append((label, list(targets), list(extra)))
+        if label == "guarded":
+            outcomes = {"t.py::a": "failed", "t.py::b": "passed", "t.py::c": "error"}
+            outcomes = {test: o if test in failures else "passed" for test, o in outcomes.items()}
+            return peer_suites.Run(label, outcomes, dict.fromkeys(failures, "why"), 9, 1)
+        return peer_suites.Run(label, dict.fromkeys(targets, "passed"), {}, 1, 0)
+
+    monkeypatch.setattr(peer_suites, "_run_pytest", run_pytest)
+    suite = peer_suites.SUITES["optimistix"]
+    monkeypatch.setattr(peer_suites, "_installed_version", lambda name: suite.version)
+    (tmp_path / "tests").mkdir()
+    args = peer_suites.argparse.Namespace(
+        source=[f"optimistix={tmp_path}"],
+        select=[],
+        workers=2,
+        limit_minutes=1.0,
+        plain="failures",
+        recompiles="with-guarded",
+        logs=None,
+    )
+    result = peer_suites._run_suite(suite, args, tmp_path)
+    guarded_args = [*suite.guarded_args, "--dtypeguard-recompiles"]
+    expected = [("guarded", ["tests"], guarded_args)]
+    expected += [("plain", failures, [])] if failures else []
+    assert calls == expected
+    assert [item["test"] for item in result["new_failures"]] == failures
+    assert result["plain_run"] == "only the tests that failed under the tools"
+    assert result["guarded_with"] == " ".join(guarded_args)
+
+
 RECOMPILES = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest">
   <testcase classname="tests.test_minimise" name="test_a"><properties>

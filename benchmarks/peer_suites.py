@@ -374,6 +374,12 @@ def _test_id(classname: str, name: str) -> str:
 _BAD = ("failed", "error")
 
 
+def _target(test_id: str) -> str:
+    """What to pass pytest to run a test again: its node id, or, for a module that failed
+    to collect (JUnit names it `pkg.module_test`), the module's file."""
+    return test_id if "::" in test_id else test_id.replace(".", "/") + ".py"
+
+
 def _compare(plain: Run, guarded: Run) -> dict[str, Any]:
     new = sorted(
         test
@@ -441,7 +447,7 @@ def _run_suite(suite: Suite, args: argparse.Namespace, workdir: Path) -> dict[st
         guarded = _run_pytest(suite, "guarded", root, targets, guarded_args, workdir, **common)
     else:  # the whole suite once, under the tools; plain again only where that failed
         guarded = _run_pytest(suite, "guarded", root, targets, guarded_args, workdir, **common)
-        failed = [test for test, outcome in guarded.outcomes.items() if outcome in _BAD]
+        failed = [_target(test) for test, outcome in guarded.outcomes.items() if outcome in _BAD]
         plain = (
             _run_pytest(suite, "plain", root, failed, [], workdir, **common)
             if failed

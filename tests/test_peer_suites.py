@@ -79,7 +79,7 @@ def test_new_failures_are_those_that_passed_plain():
     assert plain.counts() == {"passed": 2, "failed": 1, "error": 1, "skipped": 1}
 
 
-@pytest.mark.parametrize("failures", [["t.py::a", "t.py::c"], []], ids=["some", "none"])
+@pytest.mark.parametrize("failures", [["t.py::a", "t.py::c", "pkg.t"], []], ids=["some", "none"])
 def test_plain_failures_runs_plain_only_where_the_guarded_run_failed(
     monkeypatch, tmp_path, failures
 ):
@@ -89,9 +89,11 @@ def test_plain_failures_runs_plain_only_where_the_guarded_run_failed(
         calls.append((label, list(targets), list(extra)))
         if label == "guarded":
             outcomes = {"t.py::a": "failed", "t.py::b": "passed", "t.py::c": "error"}
+            outcomes["pkg.t"] = "error"  # a module that failed to collect
             outcomes = {test: o if test in failures else "passed" for test, o in outcomes.items()}
             return peer_suites.Run(label, outcomes, dict.fromkeys(failures, "why"), 9, 1)
-        return peer_suites.Run(label, dict.fromkeys(targets, "passed"), {}, 1, 0)
+        rerun = {"pkg/t.py": "pkg.t"}  # JUnit names a collection error by its module
+        return peer_suites.Run(label, {rerun.get(t, t): "failed" for t in targets}, {}, 1, 1)
 
     monkeypatch.setattr(peer_suites, "_run_pytest", run_pytest)
     suite = peer_suites.SUITES["optimistix"]
@@ -109,9 +111,10 @@ def test_plain_failures_runs_plain_only_where_the_guarded_run_failed(
     result = peer_suites._run_suite(suite, args, tmp_path)
     guarded_args = [*suite.guarded_args, "--dtypeguard-recompiles"]
     expected = [("guarded", ["tests"], guarded_args)]
-    expected += [("plain", failures, [])] if failures else []
+    rerun = ["t.py::a", "t.py::c", "pkg/t.py"]
+    expected += [("plain", rerun, [])] if failures else []
     assert calls == expected
-    assert [item["test"] for item in result["new_failures"]] == failures
+    assert result["new_failures"] == []  # each failed plain too
     assert result["plain_run"] == "only the tests that failed under the tools"
     assert result["guarded_with"] == " ".join(guarded_args)
 

@@ -340,13 +340,21 @@ def _recompile_summary(reports: dict[str, str], *, top: int = 15) -> dict[str, A
     """Which functions compiled more than once, in how many tests, at most how often."""
     functions: dict[tuple[str, str], dict[str, Any]] = {}
     for test, text in reports.items():
-        for line in text.splitlines():
+        lines = text.splitlines()
+        for number, line in enumerate(lines):
             found = _FUNCTION_LINE.match(line)
             if found is None or found["name"] == "Eager JAX calls":  # not a jitted function
                 continue
             key = (found["name"], found["location"])
             entry = functions.setdefault(
-                key, {"function": key[0], "location": key[1], "tests": [], "most_compiles": 0}
+                key,
+                {
+                    "function": key[0],
+                    "location": key[1],
+                    "tests": [],
+                    "most_compiles": 0,
+                    "why": _explanation(lines[number + 1 :]),
+                },
             )
             entry["tests"].append(test)
             entry["most_compiles"] = max(entry["most_compiles"], int(found["compiles"]))
@@ -354,6 +362,17 @@ def _recompile_summary(reports: dict[str, str], *, top: int = 15) -> dict[str, A
     for entry in ranked:
         entry["example_test"], entry["tests"] = entry["tests"][0], len(entry["tests"])
     return {"tests_that_compiled_again": len(reports), "functions": ranked[:top]}
+
+
+def _explanation(lines: list[str], *, most: int = 4) -> list[str]:
+    """The first lines of a function's block in a recompile report: what its second
+    compile changed (the block's indented lines, up to the next block)."""
+    block = []
+    for line in lines:
+        if not line.startswith(" "):
+            break
+        block.append(line.strip())
+    return block[:most]
 
 
 def _summary(text: str, *, lines: int = 6, width: int = 800) -> str:
@@ -518,11 +537,12 @@ def _markdown(results: list[dict[str, Any]]) -> str:
                 f"{result['suite']}: {found['tests_that_compiled_again']} tests compiled a "
                 "jitted function more than once (--dtypeguard-recompiles); most frequent:",
             ]
-            lines += [
-                f"- `{entry['function']}` ({entry['location']}): in {entry['tests']} tests, "
-                f"up to {entry['most_compiles']} compiles (e.g. `{entry['example_test']}`)"
-                for entry in found["functions"]
-            ]
+            for entry in found["functions"]:
+                lines.append(
+                    f"- `{entry['function']}` ({entry['location']}): in {entry['tests']} tests, "
+                    f"up to {entry['most_compiles']} compiles (e.g. `{entry['example_test']}`)"
+                )
+                lines += [f"  - {why}" for why in entry["why"]]
     return "\n".join(lines)
 
 

@@ -145,6 +145,7 @@ def test_recompile_reports_are_read_and_ranked(tmp_path):
         ("step", "a.py:3", 2, 3),
         ("solve.<locals>.body", "c.py:7", 1, 2),
     ]
+    assert [f["why"] for f in summary["functions"]] == [["2nd compile at b.py:9: differs"], []]
 
 
 @pytest.mark.slow

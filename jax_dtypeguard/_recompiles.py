@@ -395,7 +395,10 @@ def _differing_leaves(mismatches: list[Mismatch]) -> int:
 
 
 def _jax_directories() -> tuple[str, ...]:
-    return code_directories()[0]
+    """JAX's and jaxlib's directories: not this package's, whose guarded functions (an
+    `invariant(...).update`) the user jits as their own."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+    return tuple(d for d in code_directories()[0] if d != here)
 
 
 def _is_internal(view: CallView) -> bool:

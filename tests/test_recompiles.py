@@ -120,8 +120,8 @@ def test_max_compiles_raises_at_the_call_that_compiles_once_too_often():
 def test_eager_jax_numpy_calls_in_two_dtypes_are_eager_compiles_not_recompiles():
     # jnp.sum runs JAX's own jitted _reduce_sum: one compile per dtype, by design.
     with dg.explain_recompiles(max_compiles=1, quiet=True) as report:
-        jnp.sum(jnp.ones(3))
-        jnp.sum(jnp.ones(3, jnp.float16))
+        jnp.sum(jnp.ones((11, 13)))  # a shape no other test sums: its first compile here
+        jnp.sum(jnp.ones((11, 13), jnp.float16))
         jax.jit(lambda x: x + 1)(1.0)
     assert not report.exceeded
     assert [(f.compiles, f.recompiles) for f in report.functions] == [(1, ())]
@@ -130,6 +130,16 @@ def test_eager_jax_numpy_calls_in_two_dtypes_are_eager_compiles_not_recompiles()
     assert "_reduce_sum" not in text
     eager = report.to_dict()["eager_compiles"]["count"]
     assert eager >= 2 and "Eager JAX calls (operations, and JAX's own" in text
+
+
+def test_a_jitted_guarded_function_is_the_users_not_an_eager_helper():
+    # Its code lives in this package, whose own frames are internal elsewhere.
+    step = jax.jit(dg.state_dtype_invariant(lambda x: x * 2))
+    with dg.explain_recompiles(max_compiles=1, quiet=True) as report:
+        step(jnp.ones(2))
+        with pytest.raises(dg.RecompileError):
+            step(jnp.ones(3))
+    assert [f.compiles for f in report.functions] == [2]
 
 
 def test_max_compiles_must_be_a_positive_int():

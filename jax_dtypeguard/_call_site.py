@@ -19,13 +19,18 @@ from ._errors import short_path
 
 
 @memoized
-def code_directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """Directories of JAX (and this package), of the stdlib, of installed packages."""
+def jax_directories() -> tuple[str, ...]:
+    """The directories of JAX and jaxlib."""
     import jaxlib
 
+    return tuple({os.path.join(os.path.dirname(f), "") for f in (jax.__file__, jaxlib.__file__)})
+
+
+@memoized
+def code_directories() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Directories of JAX (and this package), of the stdlib, of installed packages."""
     paths = sysconfig.get_paths()
-    here = (jax.__file__, jaxlib.__file__, os.path.abspath(__file__))
-    internal = {os.path.join(os.path.dirname(f), "") for f in here}
+    internal = {*jax_directories(), os.path.join(os.path.dirname(os.path.abspath(__file__)), "")}
     stdlib = {os.path.join(paths[k], "") for k in ("stdlib", "platstdlib")}
     installed = {paths["purelib"], paths["platlib"], *site.getsitepackages()}
     return tuple(internal), tuple(stdlib), tuple(os.path.join(p, "") for p in installed)

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from . import _compat
-from ._call_site import code_directories, user_frame
+from ._call_site import jax_directories, user_frame
 from ._compare import compare_states
 from ._errors import Mismatch, Origin, short_path
 from ._jit_wrappers import CallView, EquinoxStatic, describe_function, same_function, view_of
@@ -394,19 +394,14 @@ def _differing_leaves(mismatches: list[Mismatch]) -> int:
     return len({m.path for m in mismatches})
 
 
-def _jax_directories() -> tuple[str, ...]:
-    """JAX's and jaxlib's directories: not this package's, whose guarded functions (an
-    `invariant(...).update`) the user jits as their own."""
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
-    return tuple(d for d in code_directories()[0] if d != here)
-
-
 def _is_internal(view: CallView) -> bool:
+    """One of JAX's own jitted helpers; not a function of this package's, whose guarded
+    functions (an `invariant(...).update`) the user jits as their own."""
     code = view.key
     file = getattr(code, "co_filename", None)
     if file is None:
         return False
-    return os.path.abspath(file).startswith(_jax_directories())
+    return os.path.abspath(file).startswith(jax_directories())
 
 
 class _Recorder:
@@ -447,8 +442,8 @@ class _Recorder:
                 view.keywords,
             )
             if history.compiles:
-                recompile = self._explain(history, compile, traced.call_site)
-                history.recompiles.append(recompile)
+                if not history.internal:  # a helper's recompiles are eager calls, unexplained
+                    history.recompiles.append(self._explain(history, compile, traced.call_site))
                 self.nested.update(dict.fromkeys(traced.trace.nested))
             history.compiles.append(compile)
             if (

@@ -346,16 +346,15 @@ def _recompile_summary(reports: dict[str, str], *, top: int = 15) -> dict[str, A
             if found is None or found["name"] == "Eager JAX calls":  # not a jitted function
                 continue
             key = (found["name"], found["location"])
-            entry = functions.setdefault(
-                key,
-                {
+            entry = functions.get(key)
+            if entry is None:  # the first test's explanation stands for the rest
+                entry = functions[key] = {
                     "function": key[0],
                     "location": key[1],
                     "tests": [],
                     "most_compiles": 0,
                     "why": _explanation(lines[number + 1 :]),
-                },
-            )
+                }
             entry["tests"].append(test)
             entry["most_compiles"] = max(entry["most_compiles"], int(found["compiles"]))
     ranked = sorted(functions.values(), key=lambda entry: (-len(entry["tests"]), entry["function"]))

@@ -247,6 +247,9 @@ def _write_ini(suite: Suite, workdir: Path) -> Path:
     return ini
 
 
+_INTERRUPT_GRACE_S = 120.0
+
+
 @contextlib.contextmanager
 def _process_group(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> Iterator[Any]:
     with open(log, "w", encoding="utf-8") as output:
@@ -302,6 +305,11 @@ def _run_pytest(
             exit_code: int | None = process.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             exit_code = None
+            # Ctrl-C, not a kill: pytest stops its workers and still writes the JUnit
+            # report, so the tests that finished keep their outcomes.
+            process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=_INTERRUPT_GRACE_S)
     seconds = time.perf_counter() - start
     outcomes, messages = _read_junit(junit) if junit.exists() else ({}, {})
     return Run(label, outcomes, messages, seconds, exit_code)

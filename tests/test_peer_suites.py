@@ -198,3 +198,34 @@ def test_the_generated_plugin_wraps_every_optax_factory(tmp_path):
     assert guarded.counts()["passed"] == 3, guarded.messages
     assert plain.outcomes["test_wrapped.py::test_public_and_private_names_are_wrapped"] == "failed"
     assert plain.outcomes["test_wrapped.py::test_cast_mode_keeps_the_state_dtype"] == "failed"
+
+
+@pytest.mark.slow
+def test_a_run_stopped_at_its_time_limit_keeps_the_tests_that_finished(tmp_path):
+    tests = tmp_path / "tree"
+    tests.mkdir()
+    (tests / "test_slow.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+
+
+            def test_a_quick_one():
+                pass
+
+
+            def test_z_one_past_the_limit():
+                time.sleep(600)
+            """
+        ),
+        encoding="utf-8",
+    )
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    suite = peer_suites.Suite("tree", "0", "tree", in_wheel=False, guarded_args=(), ini="")
+    run = peer_suites._run_pytest(
+        suite, "plain", tests, ["test_slow.py"], [], workdir, workers=1, limit_s=20
+    )
+    assert run.exit_code is None
+    assert run.seconds < 20 + peer_suites._INTERRUPT_GRACE_S
+    assert run.outcomes.get("test_slow.py::test_a_quick_one") == "passed", run.outcomes

@@ -110,10 +110,16 @@ class _Source:
         return Origin("a constant", file, int(line), self.name)
 
 
+def _NO_JAXPR() -> None:
+    return None
+
+
 @dataclasses.dataclass
 class _Compile:
     arguments: dict[str, Any]  # parameter name -> the argument's types (abstract pytree)
     identity: Any  # the jitted function object (a weak reference)
+    # A weak reference: JAX's caches keep a live jaxpr's lowering and executable, so
+    # holding every compile's jaxpr would hold every program the scope compiled.
     jaxpr: Any
     trace: _Trace
     sources: dict[str, _Source]  # leaf path -> the compiling call that returned the leaf
@@ -430,12 +436,12 @@ class _Recorder:
             if history is None:
                 history = _History(view.key, view.name, view.location, _is_internal(view))
                 self.histories[view.key] = history
-            if jaxpr is not None and any(c.jaxpr is jaxpr for c in history.compiles):
+            if jaxpr is not None and any(c.jaxpr() is jaxpr for c in history.compiles):
                 return None  # JAX reused an earlier trace: jit made anew of the same function
             compile = _Compile(
                 traced.arguments,
                 view.identity,
-                jaxpr,
+                _NO_JAXPR if jaxpr is None else weakref.ref(jaxpr),
                 traced.trace,
                 traced.sources,
                 traced.inputs,
@@ -445,6 +451,9 @@ class _Recorder:
                 if not history.internal:  # a helper's recompiles are eager calls, unexplained
                     history.recompiles.append(self._explain(history, compile, traced.call_site))
                 self.nested.update(dict.fromkeys(traced.trace.nested))
+                # Only the latest compile (the closest, in a step that changes types once)
+                # keeps the jaxprs its arguments came from: bounded memory in a long scope.
+                history.compiles[-1].sources = {}
             history.compiles.append(compile)
             if (
                 self.max_compiles is None
@@ -498,6 +507,13 @@ class _Recorder:
                     "mesh, or a context manager such as jax.enable_x64)"
                 )
         return Recompile(call_site, tuple(best), note, earlier_origins)
+
+    def close(self) -> None:
+        """The scope ended: the report keeps what it shows, not the jaxprs that explained it."""
+        with self.lock:
+            for history in self.histories.values():
+                for compile in history.compiles:
+                    compile.sources = {}
 
     # -- the report ------------------------------------------------------------------------------
 
@@ -838,5 +854,6 @@ class explain_recompiles(contextlib.ContextDecorator):
         with self._lock:
             token, recorder = self._tokens.pop()
         _ACTIVE.reset(token)
+        recorder.close()
         if not self.quiet:
             print(RecompileReport(recorder.snapshot), file=sys.stderr)

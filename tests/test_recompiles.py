@@ -1,7 +1,9 @@
 """`explain_recompiles`: every extra compile of every jitted function, explained."""
 
+import gc
 import json
 import threading
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -503,3 +505,30 @@ def test_a_compile_without_a_trace_in_the_scope_is_counted_from_jaxs_events():
     assert data["untraced_compiles"]["count"] == 1
     assert data["functions"] == []
     assert "1 compile without a trace by jit in this scope" in str(report)
+
+
+def test_a_scope_keeps_no_program_it_compiled_alive():
+    # JAX frees a dead function's jaxpr, and with it the lowering and executable that its
+    # caches keep for that jaxpr; explaining the compiles must not hold them.
+    @jax.jit
+    def consume(x):
+        return x.sum()
+
+    def make(k):
+        constant = jnp.arange(64.0 + k)
+        return jax.jit(lambda: constant * 2), weakref.ref(constant)
+
+    constants = []
+    with dg.explain_recompiles(quiet=True) as report:
+        for k in range(3):
+            produce, constant = make(k)
+            consume(produce())  # a new shape: consume compiles again, fed what produce returned
+            constants.append(constant)
+            del produce
+        gc.collect()
+        alive_inside = [c() is not None for c in constants]
+    gc.collect()
+    alive_after = [c() is not None for c in constants]
+    assert {f.name: f.compiles for f in report.functions}[consume.__wrapped__.__qualname__] == 3
+    assert alive_inside == [False, False, True]  # the latest compile's sources: its provenance
+    assert alive_after == [False, False, False]

@@ -211,6 +211,7 @@ class Run:
     messages: dict[str, str]  # test id -> first line of its failure or error
     seconds: float
     exit_code: int | None  # None: killed at the time limit
+    internal_error: str | None = None  # pytest stopped early: its INTERNALERROR, first line
 
     def counts(self) -> dict[str, int]:
         counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
@@ -311,11 +312,17 @@ def _run_pytest(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=_INTERRUPT_GRACE_S)
     seconds = time.perf_counter() - start
-    outcomes, messages = _read_junit(junit) if junit.exists() else ({}, {})
-    return Run(label, outcomes, messages, seconds, exit_code)
+    outcomes, messages, internal = _read_junit(junit) if junit.exists() else ({}, {}, None)
+    return Run(label, outcomes, messages, seconds, exit_code, internal)
 
 
-def _read_junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+# JUnit's entry for pytest's INTERNALERROR (xdist's, when a crashed worker confuses it): not a
+# test, and the tests that had not run by then have no entry at all.
+_INTERNAL = "pytest.py::internal"
+
+
+def _read_junit(path: Path) -> tuple[dict[str, str], dict[str, str], str | None]:
+    """Test id -> outcome, test id -> message, and pytest's internal error, if it had one."""
     outcomes: dict[str, str] = {}
     messages: dict[str, str] = {}
     for case in ElementTree.parse(path).getroot().iter("testcase"):
@@ -330,7 +337,9 @@ def _read_junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:
             elif child.tag == "skipped" and outcome == "passed":
                 outcome = "skipped"
         outcomes[test_id] = outcome
-    return outcomes, messages
+    internal = messages.pop(_INTERNAL, None)
+    outcomes.pop(_INTERNAL, None)
+    return outcomes, messages, internal
 
 
 def _read_recompiles(path: Path) -> dict[str, str]:
@@ -493,6 +502,7 @@ def _run_suite(suite: Suite, args: argparse.Namespace, workdir: Path) -> dict[st
             "seconds": round(run.seconds),
             "exit_code": run.exit_code,
             "timed_out": run.exit_code is None,
+            "internal_error": run.internal_error,
         }
         for run in runs
     }
@@ -504,8 +514,8 @@ def _run_suite(suite: Suite, args: argparse.Namespace, workdir: Path) -> dict[st
         result["recompiles"] = _recompile_summary(reports)
     if args.logs:
         Path(args.logs).mkdir(parents=True, exist_ok=True)
-        for log in workdir.glob(f"{suite.name}-*.log"):
-            shutil.copy(log, Path(args.logs) / log.name)
+        for kept in [*workdir.glob(f"{suite.name}-*.log"), *workdir.glob(f"{suite.name}-*.xml")]:
+            shutil.copy(kept, Path(args.logs) / kept.name)
     return result
 
 
@@ -522,6 +532,8 @@ def _markdown(results: list[dict[str, Any]]) -> str:
             if label == "plain" and result["plain_run"] != "the same tests":
                 label = "plain, the tests that failed guarded"
             time_text = f"{run['seconds']} s" + (" (time limit)" if run["timed_out"] else "")
+            if run["internal_error"]:
+                time_text += f" (stopped by pytest's internal error: {run['internal_error']})"
             lines.append(
                 f"| {result['suite']} {result['version']} | {label} | {run['passed']} | "
                 f"{run['failed']} | {run['error']} | {run['skipped']} | {run['total']} | {time_text} |"
@@ -589,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         "fails plain but passes under the tools goes unseen)",
     )
     parser.add_argument("--json", help="write the results to this file")
-    parser.add_argument("--logs", help="copy each run's pytest output into this directory")
+    parser.add_argument(
+        "--logs", help="copy each run's pytest output and JUnit XML into this directory"
+    )
     args = parser.parse_args(argv)
     # Stopped from outside: unwind, so each running pytest's process group is killed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

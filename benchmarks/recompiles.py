@@ -12,6 +12,11 @@
   Target: at most 1.05.
 - report: `str(report)` and `report.to_json()` after three jitted L-BFGS steps
   (two compiles).
+- memory: 60 functions made anew, each closing over a 1 MB array and compiled
+  once, outside the scope and then inside it: the resident memory each adds,
+  and how many of their arrays outlive them. Target: what outside costs (JAX
+  frees a dead function's jaxpr, lowering and executable; the scope must not
+  keep them).
 
 "Outside" is measured after the first scope has installed the trace observer
 (process-wide, for good): that is what a program pays between scopes.
@@ -19,9 +24,11 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -148,26 +155,95 @@ def report(repeats: int = 21) -> dict[str, Any]:
     }
 
 
+def _resident_mb() -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # not Linux
+        pass
+    return None
+
+
+def memory(compiles: int = 60) -> dict[str, Any]:
+    """Memory that `compiles` functions made anew and compiled once leave behind."""
+
+    def compile_new(k: int) -> weakref.ref[jax.Array]:
+        constant = jnp.arange(250_000, dtype=jnp.float32) + k  # 1 MB, in the jaxpr's consts
+
+        @jax.jit
+        def step(x: jax.Array) -> jax.Array:
+            for i in range(50):
+                x = jnp.sin(x) + constant[:8] * i
+            return x
+
+        step(jnp.ones(8)).block_until_ready()
+        return weakref.ref(constant)
+
+    def left_behind(first: int) -> tuple[float | None, int]:
+        gc.collect()
+        before = _resident_mb()
+        constants = [compile_new(first + k) for k in range(compiles)]
+        gc.collect()
+        after = _resident_mb()
+        added = None if before is None or after is None else (after - before) / compiles
+        return added, sum(c() is not None for c in constants)
+
+    with dg.explain_recompiles(quiet=True):  # installs the observer
+        compile_new(-1)
+    outside_mb, outside_alive = left_behind(0)
+    with dg.explain_recompiles(quiet=True) as found:
+        inside_mb, inside_alive = left_behind(compiles)
+    seen = sum(f.compiles for f in found.functions)
+    return {
+        "compiles": compiles,
+        "observed": seen == compiles,
+        "outside_mb_per_compile": outside_mb,
+        "inside_mb_per_compile": inside_mb,
+        "outside_alive": outside_alive,
+        "inside_alive": inside_alive,
+    }
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """The three measurements, with the issue's targets."""
     hit = cache_hit(rounds=5 if quick else 15)
     traced = trace(rounds=3 if quick else 9)
     built = report(repeats=5 if quick else 21)
-    met = hit["ratio"] <= 1.05 and traced["ratio"] <= 1.05 and traced["observed"]
+    kept = memory(compiles=20 if quick else 60)
+    met = (
+        hit["ratio"] <= 1.05
+        and traced["ratio"] <= 1.05
+        and traced["observed"]
+        and kept["observed"]
+        and kept["inside_alive"] <= kept["outside_alive"]
+    )
+    inside_mb, outside_mb = kept["inside_mb_per_compile"], kept["outside_mb_per_compile"]
+    per_compile = (
+        "n/a"
+        if inside_mb is None or outside_mb is None
+        else f"{inside_mb:.2f} MB (outside: {outside_mb:.2f} MB)"
+    )
     return {
-        "title": "explain_recompiles: cache hit, trace, report",
-        "target": "cache hit ratio ~1.0 (<= 1.05 measured); trace ratio <= 1.05",
+        "title": "explain_recompiles: cache hit, trace, report, memory",
+        "target": (
+            "cache hit ratio ~1.0 (<= 1.05 measured); trace ratio <= 1.05; no compiled "
+            "program kept alive"
+        ),
         "met": met,
         "summary": (
             f"cache hit {hit['ratio']:.3f}x ({hit['outside_per_call_us']:.2f} -> "
             f"{hit['inside_per_call_us']:.2f} us/call; the same loop twice: "
             f"{hit['noise_ratio']:.3f}x); trace of a {traced['params']}-param "
             f"adam update {traced['ratio']:.3f}x; L-BFGS report {built['text_ms']:.2f} ms "
-            f"(text), {built['json_ms']:.2f} ms (JSON)"
+            f"(text), {built['json_ms']:.2f} ms (JSON); {kept['compiles']} functions made "
+            f"anew: {kept['inside_alive']} kept alive in the scope, {per_compile} each"
         ),
         "cache_hit": hit,
         "trace": traced,
         "report": built,
+        "memory": kept,
     }
 
 

@@ -35,6 +35,9 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
   <testcase classname="tests.test_ad" name="test_root_find_jvp">
     <error message="worker 'gw1' crashed while running">crash</error>
   </testcase>
+  <testcase classname="pytest" name="internal">
+    <error message="internal error">INTERNALERROR&gt; AssertionError: assert not crashitem</error>
+  </testcase>
 </testsuite></testsuites>
 """
 
@@ -42,7 +45,8 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 def test_junit_outcomes_and_ids(tmp_path):
     path = tmp_path / "run.xml"
     path.write_text(JUNIT, encoding="utf-8")
-    outcomes, messages = peer_suites._read_junit(path)
+    outcomes, messages, internal = peer_suites._read_junit(path)
+    assert internal == "internal error"  # pytest's INTERNALERROR: not a test to run again
     assert outcomes == {
         "optax/_src/lookahead_test.py::LookaheadTest::test_lookahead": "passed",
         "tests/test_misc.py::test_inexact_asarray_jvp[float16]": "failed",

@@ -110,17 +110,13 @@ class _Source:
         return Origin("a constant", file, int(line), self.name)
 
 
-def _NO_JAXPR() -> None:
-    return None
-
-
 @dataclasses.dataclass
 class _Compile:
     arguments: dict[str, Any]  # parameter name -> the argument's types (abstract pytree)
     identity: Any  # the jitted function object (a weak reference)
-    # A weak reference: JAX's caches keep a live jaxpr's lowering and executable, so
-    # holding every compile's jaxpr would hold every program the scope compiled.
-    jaxpr: Any
+    # Weakly held: JAX's caches keep a live jaxpr's lowering and executable, so holding
+    # every compile's jaxpr would hold every program the scope compiled.
+    jaxpr: weakref.ref[Any] | None
     trace: _Trace
     sources: dict[str, _Source]  # leaf path -> the compiling call that returned the leaf
     inputs: dict[str, int]  # leaf path -> the jaxpr input it is
@@ -436,12 +432,14 @@ class _Recorder:
             if history is None:
                 history = _History(view.key, view.name, view.location, _is_internal(view))
                 self.histories[view.key] = history
-            if jaxpr is not None and any(c.jaxpr() is jaxpr for c in history.compiles):
+            if jaxpr is not None and any(
+                c.jaxpr is not None and c.jaxpr() is jaxpr for c in history.compiles
+            ):
                 return None  # JAX reused an earlier trace: jit made anew of the same function
             compile = _Compile(
                 traced.arguments,
                 view.identity,
-                _NO_JAXPR if jaxpr is None else weakref.ref(jaxpr),
+                None if jaxpr is None else weakref.ref(jaxpr),
                 traced.trace,
                 traced.sources,
                 traced.inputs,

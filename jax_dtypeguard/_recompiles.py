@@ -233,6 +233,37 @@ class StaticArgument:
         return hash(type(self.value))
 
 
+class _WeakStatic:
+    """A static value whose equality is identity, held weakly: once it is dead no later
+    value can equal it, so holding it would only keep it (a closure, its arrays) alive."""
+
+    __slots__ = ("ref", "text")
+
+    def __init__(self, value: Any) -> None:
+        self.ref = weakref.ref(value)
+        self.text = describe_static(value)
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        value = self.ref()
+        return isinstance(other, _WeakStatic) and value is not None and value is other.ref()
+
+    def __hash__(self) -> int:
+        return hash(_WeakStatic)
+
+
+def _held(value: Any) -> Any:
+    """A static value as a compile keeps it: weakly where equality is identity."""
+    if type(value).__eq__ is not object.__eq__:
+        return value
+    try:
+        return _WeakStatic(value)
+    except TypeError:  # not weakly referenceable
+        return value
+
+
 def _leaf_key(leaf: Any) -> Any:
     """What jit's cache sees of a leaf of abstract arguments, as an `==`-comparable value."""
     if isinstance(leaf, jax.ShapeDtypeStruct):
@@ -293,8 +324,10 @@ def _closest(compiles: list[_Compile], compile: _Compile) -> _Compile:
 
 def _abstract_leaf(leaf: Any) -> Any:
     """A leaf as jit sees its type; Python scalars and static leaves as they are."""
-    if isinstance(leaf, (bool, int, float, complex, EquinoxStatic)):
+    if isinstance(leaf, (bool, int, float, complex)):
         return leaf
+    if isinstance(leaf, EquinoxStatic):
+        return EquinoxStatic(_held(leaf.value))
     try:
         signature = LeafSignature.of(leaf)
     except NotALeafError:
@@ -313,7 +346,7 @@ def _abstract_arguments(view: CallView) -> dict[str, Any]:
     arguments = {}
     for name, value in view.arguments.items():
         if name in view.static:
-            arguments[name] = StaticArgument(value)
+            arguments[name] = StaticArgument(_held(value))
         else:
             arguments[name] = _tree.tree_map(_abstract_leaf, value)
     return arguments

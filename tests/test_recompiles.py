@@ -532,3 +532,29 @@ def test_a_scope_keeps_no_program_it_compiled_alive():
     assert {f.name: f.compiles for f in report.functions}[consume.__wrapped__.__qualname__] == 3
     assert alive_inside == [False, False, True]  # the latest compile's sources: its provenance
     assert alive_after == [False, False, False]
+
+
+def test_a_scope_holds_a_static_argument_only_while_it_can_equal_a_later_one():
+    # A function compares by identity: once dead, no later argument can equal it, so the
+    # scope need not keep it, nor the arrays it closes over, once JAX's caches let it go.
+    def make(k):
+        constant = jnp.arange(64.0 + k)
+        return (lambda: constant), weakref.ref(constant)
+
+    constants = []
+    with dg.explain_recompiles(quiet=True) as report:
+        for k in range(3):
+            scale, constant = make(k)
+            jax.jit(lambda f, x: f() * x, static_argnums=0)(scale, 2.0)
+            constants.append(constant)
+            del scale
+        jax.clear_caches()
+        gc.collect()
+        alive = [c() is not None for c in constants]
+    assert alive == [False, False, False]
+    (function,) = report.functions
+    assert function.compiles == 3
+    (mismatch,) = function.recompiles[-1].mismatches
+    assert (mismatch.path, mismatch.kind) == ("f", "static")
+    assert mismatch.expected == mismatch.got
+    assert mismatch.got.startswith("function test_a_scope_holds")  # by name, not by repr

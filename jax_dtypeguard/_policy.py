@@ -204,28 +204,30 @@ class Layout:
     """Which leaves of one tree structure the rules govern.
 
     `governed`: `(leaf index, rule, path)` per leaf that a rule matches;
-    `matched`: the rules that match at least one leaf (governing it or not).
+    `shadowed`: per rule that matches a leaf another rule governs, the first such rule.
     """
 
     governed: tuple[tuple[int, PolicyRule, str], ...]
-    matched: frozenset[PolicyRule]
     paths: frozenset[str] = frozenset()  # of the governed leaves
+    shadowed: Mapping[PolicyRule, PolicyRule] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, policy: Policy, tree: Any, root: str) -> Layout:
         prefix = root_segments(root)
-        governed, matched = [], set()
+        governed, shadowed = [], {}
         for index, (keypath, _) in enumerate(_tree.tree_flatten_with_path(tree)[0]):
             segments = prefix + path_segments(keypath)
             first = None
             for rule in policy.rules:
                 if rule.pattern.matches(segments):
-                    matched.add(rule)
-                    first = first or rule
+                    if first is None:
+                        first = rule
+                    else:
+                        shadowed.setdefault(rule, first)
             if first is not None:
                 governed.append((index, first, root + _tree.keystr(keypath)))
         paths = frozenset(path for _, _, path in governed)
-        return cls(tuple(governed), frozenset(matched), paths)
+        return cls(tuple(governed), paths, shadowed)
 
     def breaches(
         self, leaves: Sequence[Any], side: str | None
@@ -336,13 +338,22 @@ class Governance:
         return arguments
 
     def _validate(self, guard: Any, arguments: list[_Argument]) -> None:
-        matched: set[PolicyRule] = set()
-        for argument in arguments:
-            matched |= self.policy.layout(argument.value, argument.name)[1].matched
-        unmatched = [rule for rule in self.policy.rules if rule not in matched]
-        if unmatched:
+        """Every rule must govern a leaf: one that matches none is a typo, one whose every
+        leaf an earlier rule governs is written after a more general rule."""
+        layouts = [self.policy.layout(a.value, a.name)[1] for a in arguments]
+        governing = {rule for layout in layouts for _, rule, _ in layout.governed}
+        for rule in self.policy.rules:
+            if rule in governing:
+                continue
+            earlier = next((lay.shadowed[rule] for lay in layouts if rule in lay.shadowed), None)
+            if earlier is not None:
+                raise ValueError(
+                    f"{guard.name}: the policy rule {rule.text!r} governs no leaf: each leaf "
+                    f"it matches is governed by the earlier rule {earlier.text!r} (the first "
+                    "rule that matches wins). Write the specific rule before the general "
+                    "one, or drop it."
+                )
             names = ", ".join(a.name for a in arguments) or "none"
-            rule = unmatched[0]
             raise ValueError(
                 f"{guard.name}: the policy rule {rule.text!r} matches no leaf of the "
                 f"function's arguments ({names}). Paths start with the argument's name "

@@ -154,6 +154,33 @@ def test_a_rule_that_matches_no_argument_is_a_value_error_at_the_first_trace():
         jax.jit(step)({"nu": jnp.ones(2)}, jnp.ones(2))
 
 
+def test_a_rule_written_after_a_more_general_one_is_a_value_error_naming_both():
+    @state_dtype_invariant(policy={"params.**": "float32", "params.w": "bfloat16"})
+    def step(params, grads):
+        return params
+
+    params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    with pytest.raises(
+        ValueError, match=r"'params\.w' governs no leaf: .* earlier rule 'params\.\*\*'"
+    ):
+        jax.jit(step)(params, params)
+
+    @state_dtype_invariant(policy={"params.w": "bfloat16", "params.**": "float32"})
+    def ordered(params, grads):
+        return params
+
+    params["w"] = params["w"].astype(jnp.bfloat16)
+    jax.jit(ordered)(params, params)  # the specific rule first: both govern
+
+
+def test_a_rule_shadowed_in_one_argument_but_governing_in_another_is_fine():
+    @state_dtype_invariant(state="params", policy={"grads.w": "float32", "*.w": "bfloat16"})
+    def step(params, grads):
+        return params
+
+    step({"w": jnp.ones(2, jnp.bfloat16)}, {"w": jnp.ones(2)})
+
+
 def test_policy_equality_and_repr():
     assert Policy(MOMENTS) == Policy(list(MOMENTS.items()))
     assert hash(Policy(MOMENTS)) == hash(Policy(MOMENTS))

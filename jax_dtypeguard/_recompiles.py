@@ -234,8 +234,8 @@ class StaticArgument:
 
 
 class _WeakStatic:
-    """A static value whose equality is identity, held weakly: once it is dead no later
-    value can equal it, so holding it would only keep it (a closure, its arrays) alive."""
+    """A static function, held weakly: equal by identity, once dead it can equal no later
+    value, so holding it would only keep it (a closure, its arrays) alive."""
 
     __slots__ = ("ref", "text")
 
@@ -255,8 +255,9 @@ class _WeakStatic:
 
 
 def _held(value: Any) -> Any:
-    """A static value as a compile keeps it: weakly where equality is identity."""
-    if type(value).__eq__ is not object.__eq__:
+    """A static value as a compile keeps it: weakly for a function (named cheaply, equal by
+    identity); anything else by value, since its repr may cost what its tree costs."""
+    if type(value).__eq__ is not object.__eq__ or getattr(value, "__qualname__", None) is None:
         return value
     try:
         return _WeakStatic(value)

@@ -324,7 +324,7 @@ def _closest(compiles: list[_Compile], compile: _Compile) -> _Compile:
 
 
 def _abstract_leaf(leaf: Any) -> Any:
-    """A leaf as jit sees its type; Python scalars and static leaves as they are."""
+    """A leaf as jit sees its type; Python scalars as they are, static leaves as held."""
     if isinstance(leaf, (bool, int, float, complex)):
         return leaf
     if isinstance(leaf, EquinoxStatic):
